@@ -1,0 +1,3 @@
+from llm_perf_opt.cli import main
+
+main()

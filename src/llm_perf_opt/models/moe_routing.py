@@ -1,0 +1,50 @@
+"""Uniform expert routing for MoE models with random weights.
+
+A router with random weights sends tokens to experts in a pattern no trained model shows (often a few
+experts take most tokens), which distorts MoE time and bytes. `uniform` routing keeps the router's own
+logits GEMM (so its cost stays in the profile) but picks each token's top-k experts uniformly at random,
+without repeats, with equal weights. The choice is recorded with every run (`moe_routing`).
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _is_topk_router(module: nn.Module) -> bool:
+    # transformers' DeepSeek-style routers (DeepseekOcr2TextTopkRouter, ...): a `weight` of shape
+    # (num_experts, hidden), attributes top_k / num_experts, forward -> (logits, weights, indices).
+    return (
+        type(module).__name__.endswith("TopkRouter")
+        and hasattr(module, "top_k")
+        and hasattr(module, "num_experts")
+        and isinstance(getattr(module, "weight", None), torch.Tensor)
+    )
+
+
+def _uniform_forward(self: nn.Module, hidden_states: torch.Tensor):
+    hidden_states = hidden_states.view(-1, self.weight.shape[-1])
+    router_logits = F.linear(hidden_states.type(torch.float32), self.weight.type(torch.float32))
+    noise = torch.rand(router_logits.shape, device=router_logits.device, generator=self._uniform_generator)
+    topk_indices = noise.topk(self.top_k, dim=-1, sorted=False).indices
+    scale = getattr(self, "routed_scaling_factor", 1.0) / self.top_k
+    topk_weights = torch.full(topk_indices.shape, scale, dtype=torch.float32, device=router_logits.device)
+    return router_logits, topk_weights, topk_indices
+
+
+def find_routers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if _is_topk_router(m)]
+
+
+def apply_uniform_routing(model: nn.Module, seed: int = 0) -> int:
+    """Switch every top-k router of `model` to uniform routing; returns how many were switched."""
+    routers = find_routers(model)
+    for index, router in enumerate(routers):
+        device = router.weight.device
+        router._uniform_generator = torch.Generator(device=device).manual_seed(seed + index)
+        router.forward = types.MethodType(_uniform_forward, router)
+    return len(routers)

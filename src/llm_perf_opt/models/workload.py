@@ -1,0 +1,112 @@
+"""What a profiling pass needs: a model on its device, prepared inputs, and the stage map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from llm_perf_opt.errors import InputError
+from llm_perf_opt.profiling.generation import CallConvention
+
+
+@dataclass
+class PreparedInput:
+    """One prompt, already on the device: `model_inputs` go straight into the first forward pass."""
+
+    input_id: str
+    model_inputs: dict[str, Any]
+    prompt_tokens: int
+    image_tokens: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Workload:
+    """A model, its inputs and its stage map.
+
+    `stage_modules` maps sub-stage names ("vision/sam", ...) to the modules whose forward calls
+    delimit them. Sub-stages are timed inside prefill (the vision encoder runs only there) and are
+    reported as nested within it; they must not contain one another.
+    """
+
+    family: str
+    model: nn.Module
+    inputs: list[PreparedInput]
+    stage_modules: dict[str, nn.Module]
+    device: torch.device
+    dtype: torch.dtype
+    eos_token_id: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    convention: CallConvention = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.convention = CallConvention.detect(self.model)
+        if not self.inputs:
+            raise InputError(f"workload '{self.family}' has no inputs: check the dataset settings (num_pages, limit, subset)")
+
+
+def resolve_stage_map(model: nn.Module, stage_map: dict[str, Any] | None) -> dict[str, nn.Module]:
+    """Turn {stage name: dotted submodule path or module} into {stage name: module}."""
+    resolved: dict[str, nn.Module] = {}
+    for stage, target in (stage_map or {}).items():
+        if isinstance(target, nn.Module):
+            resolved[str(stage)] = target
+            continue
+        try:
+            resolved[str(stage)] = model.get_submodule(str(target))
+        except AttributeError:
+            children = ", ".join(name for name, _ in model.named_children())
+            raise InputError(
+                f"stage map entry {stage}={target} names no submodule of {type(model).__name__} "
+                f"(its top-level children: {children}): fix model.stage_map"
+            ) from None
+    return resolved
+
+
+def resolve_device(requested: str) -> torch.device:
+    """'auto' picks CUDA when present; an explicit CUDA request without CUDA is an input error."""
+    requested = str(requested or "auto")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise InputError(f"device={requested} is not a device torch knows: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise InputError(
+                f"device={requested} but no CUDA device is usable (torch {torch.__version__}, {build}): "
+                "use device=auto or device=cpu, or install a CUDA build of torch (see README)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(
+                f"device={requested} but only {torch.cuda.device_count()} CUDA device(s) are visible: pick cuda:0.."
+                f"cuda:{torch.cuda.device_count() - 1}"
+            )
+    return device
+
+
+_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+           "fp32": torch.float32, "float32": torch.float32}
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """'auto' is bf16 on CUDA (what the model ships in) and fp32 on CPU (bf16 matmuls are slow there)."""
+    requested = str(requested or "auto").lower()
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if requested not in _DTYPES:
+        raise InputError(f"model.dtype={requested} is not supported: use auto, bf16, fp16 or fp32")
+    return _DTYPES[requested]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dtype, str(dtype))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,101 @@
+"""The generation loop: greedy prefill and decode, small enough to read in one sitting.
+
+The loop does what `generate()` does for one unpadded sequence and nothing more: the first forward
+pass computes only the last position's logits (`logits_to_keep=1`), later passes feed one token and
+the KV cache, and no attention mask is passed (a single unpadded sequence needs none: a growing mask
+only adds work). The next token stays on the device: no host synchronisation per step unless
+`eos_token_id` is given (stopping at EOS needs the token's value on the host).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class CallConvention:
+    """How a model's forward takes and returns the KV cache.
+
+    transformers renamed `past_key_values` to `cache` (5.2x); checking the signature keeps one loop
+    working on both. `cache_kwarg=None` means a plain module without a cache: each decode step feeds
+    only the new token.
+    """
+
+    cache_kwarg: str | None
+    logits_to_keep: bool
+
+    @classmethod
+    def detect(cls, model: nn.Module) -> CallConvention:
+        params = inspect.signature(model.forward).parameters
+        cache_kwarg = next((name for name in ("cache", "past_key_values") if name in params), None)
+        return cls(cache_kwarg=cache_kwarg, logits_to_keep="logits_to_keep" in params)
+
+
+def _logits(output: Any) -> torch.Tensor:
+    return output.logits if hasattr(output, "logits") else output
+
+
+def _cache(output: Any, convention: CallConvention) -> Any:
+    if convention.cache_kwarg is None:
+        return None
+    return getattr(output, convention.cache_kwarg)
+
+
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """Next token ids, shape (batch, 1), kept on the device."""
+    return logits[:, -1].argmax(dim=-1, keepdim=True)
+
+
+def prefill(
+    model: nn.Module, convention: CallConvention, model_inputs: Mapping[str, Any]
+) -> tuple[torch.Tensor, Any]:
+    """First forward pass over the whole prompt (vision included): returns (first token, cache)."""
+    kwargs = dict(model_inputs)
+    if convention.cache_kwarg is not None:
+        kwargs["use_cache"] = True
+    if convention.logits_to_keep:
+        kwargs["logits_to_keep"] = 1
+    output = model(**kwargs)
+    return greedy(_logits(output)), _cache(output, convention)
+
+
+def decode_one_token(
+    model: nn.Module, convention: CallConvention, token: torch.Tensor, cache: Any
+) -> tuple[torch.Tensor, Any]:
+    """One decode step: feed the last token (and the cache), return (next token, cache)."""
+    if convention.cache_kwarg is None:
+        output = model(input_ids=token)
+    else:
+        output = model(input_ids=token, use_cache=True, **{convention.cache_kwarg: cache})
+    return greedy(_logits(output)), _cache(output, convention)
+
+
+def decode_n_tokens(
+    model: nn.Module,
+    convention: CallConvention,
+    token: torch.Tensor,
+    cache: Any,
+    num_steps: int,
+    on_step: Callable[[], None] | None = None,
+    eos_token_id: int | None = None,
+) -> list[torch.Tensor]:
+    """Run `num_steps` decode steps; `on_step` is called after each (the timed pass marks there).
+
+    Returns the generated tokens (device tensors). With `eos_token_id`, stops after EOS: this reads
+    the token on the host every step, a synchronisation a fixed-length loop does not have.
+    """
+    tokens = []
+    for _ in range(num_steps):
+        token, cache = decode_one_token(model, convention, token, cache)
+        tokens.append(token)
+        if on_step is not None:
+            on_step()
+        if eos_token_id is not None and int(token[0, 0]) == eos_token_id:
+            break
+    return tokens

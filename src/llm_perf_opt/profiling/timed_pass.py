@@ -1,0 +1,193 @@
+"""The timed pass: warmup, then repeats x inputs of prefill + a fixed number of decode steps.
+
+Every boundary is a clock mark (CUDA event on a GPU): prefill start, prefill end (first token ready),
+each decode step's end, and the start/end of every sub-stage call (forward hooks on the stage
+modules). The device is synchronised once before and once after each sample, never inside it, so the
+loop runs as a bare loop would. Elapsed times are read after the closing synchronisation.
+
+Definitions (per sample):
+- prefill_ms / ttft_ms: start of the first forward pass to the first token on the device. Vision
+  sub-stages run inside it and are reported nested within it, never added to it.
+- decode_ms: the (new_tokens - 1) decode steps after the first token; decode_step_ms: each step.
+- tpot_ms (time per output token) = decode_ms / (new_tokens - 1).
+- e2e_ms: host wall time between the two synchronisations that bracket the sample; it contains
+  prefill + decode plus the loop's own host gaps, and is the check on the stage times.
+- tokens_per_s = new_tokens / e2e_ms * 1000; decode_tokens_per_s = (new_tokens - 1) / decode_ms * 1000.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llm_perf_opt.models.workload import PreparedInput, Workload
+from llm_perf_opt.profiling.clock import Mark, StageClock
+from llm_perf_opt.profiling.generation import decode_n_tokens, prefill
+
+
+def stage_column(stage: str) -> str:
+    """'vision/sam' -> 'vision_sam_ms' (the samples.csv column of a sub-stage)."""
+    return stage.replace("/", "_").replace(".", "_") + "_ms"
+
+
+class SubStageRecorder:
+    """Forward hooks that mark the start and end of every call of the stage modules."""
+
+    def __init__(self, clock: StageClock, stage_modules: dict[str, torch.nn.Module]):
+        self.clock = clock
+        self.enabled = False
+        self.intervals: list[tuple[str, Mark, Mark]] = []
+        self._open: dict[str, list[Mark]] = {}
+        self._handles = []
+        for stage, module in stage_modules.items():
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(stage)))
+            self._handles.append(module.register_forward_hook(self._post_hook(stage)))
+
+    def _pre_hook(self, stage: str):
+        def hook(module, args):
+            if self.enabled:
+                self._open.setdefault(stage, []).append(self.clock.mark())
+
+        return hook
+
+    def _post_hook(self, stage: str):
+        def hook(module, args, output):
+            if self.enabled:
+                self.intervals.append((stage, self._open[stage].pop(), self.clock.mark()))
+
+        return hook
+
+    def take(self) -> list[tuple[str, Mark, Mark]]:
+        intervals, self.intervals = self.intervals, []
+        return intervals
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+@dataclass
+class SampleRecord:
+    """One row of samples.csv plus the per-step decode latencies of that sample."""
+
+    row: dict[str, Any]
+    decode_step_ms: list[float] = field(default_factory=list)
+
+
+def _cuda_peak_mib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def time_one_sample(
+    workload: Workload,
+    prepared: PreparedInput,
+    new_tokens: int,
+    clock: StageClock,
+    recorder: SubStageRecorder,
+    stop_at_eos: bool = False,
+) -> SampleRecord:
+    model, convention, device = workload.model, workload.convention, workload.device
+    on_cuda = device.type == "cuda"
+    step_marks: list[Mark] = []
+    memory: dict[str, float] = {}
+
+    clock.synchronize()
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    wall_start = time.perf_counter()
+    start = clock.mark()
+    recorder.enabled = True
+    token, cache = prefill(model, convention, prepared.model_inputs)
+    recorder.enabled = False
+    prefill_end = clock.mark()
+    if on_cuda:
+        # The caching allocator's statistics are host-side: reading them does not synchronise.
+        memory["prefill_peak_mem_mib"] = _cuda_peak_mib(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    decode_n_tokens(
+        model, convention, token, cache, new_tokens - 1,
+        on_step=lambda: step_marks.append(clock.mark()),
+        eos_token_id=workload.eos_token_id if stop_at_eos else None,
+    )
+    if on_cuda:
+        memory["decode_peak_mem_mib"] = _cuda_peak_mib(device)
+    clock.synchronize()
+    e2e_ms = (time.perf_counter() - wall_start) * 1e3
+
+    prefill_ms = clock.elapsed_ms(start, prefill_end)
+    step_ms = []
+    previous = prefill_end
+    for mark in step_marks:
+        step_ms.append(clock.elapsed_ms(previous, mark))
+        previous = mark
+    decode_ms = float(sum(step_ms))
+    generated = 1 + len(step_ms)
+
+    row: dict[str, Any] = {
+        "input_id": prepared.input_id,
+        "prompt_tokens": prepared.prompt_tokens,
+        "image_tokens": prepared.image_tokens,
+        "new_tokens": generated,
+        "prefill_ms": prefill_ms,
+        "ttft_ms": prefill_ms,
+    }
+    for stage in workload.stage_modules:
+        row[stage_column(stage)] = 0.0
+    for stage, begin, end in recorder.take():
+        row[stage_column(stage)] += clock.elapsed_ms(begin, end)
+    groups: dict[str, float] = {}
+    for stage in workload.stage_modules:
+        group = stage.split("/")[0]
+        if group != stage:
+            groups[group] = groups.get(group, 0.0) + row[stage_column(stage)]
+    for group, total in groups.items():
+        row[f"{group}_ms"] = total
+    row.update(
+        decode_ms=decode_ms,
+        tpot_ms=decode_ms / len(step_ms) if step_ms else float("nan"),
+        e2e_ms=e2e_ms,
+        tokens_per_s=generated / e2e_ms * 1e3,
+        decode_tokens_per_s=len(step_ms) / decode_ms * 1e3 if decode_ms > 0 else float("nan"),
+    )
+    row.update(memory)
+    return SampleRecord(row=row, decode_step_ms=step_ms)
+
+
+def iter_timed_samples(
+    workload: Workload,
+    new_tokens: int,
+    warmup: int,
+    repeats: int,
+    stop_at_eos: bool = False,
+    progress: Any = None,
+) -> Iterator[SampleRecord]:
+    """Yield one record per (repeat, input) after `warmup` untimed samples.
+
+    A generator, so that whatever was measured before a failure is already in the caller's hands.
+    `progress` is a tqdm-like object (`update(n)`) or None.
+    """
+    if new_tokens < 1:
+        raise ValueError("new_tokens must be >= 1")
+    clock = StageClock(workload.device)
+    recorder = SubStageRecorder(clock, workload.stage_modules)
+    try:
+        with torch.inference_mode():
+            for index in range(warmup):
+                time_one_sample(workload, workload.inputs[index % len(workload.inputs)], new_tokens, clock, recorder,
+                                stop_at_eos)
+                if progress is not None:
+                    progress.update(1)
+            for repeat in range(repeats):
+                for sample_index, prepared in enumerate(workload.inputs):
+                    record = time_one_sample(workload, prepared, new_tokens, clock, recorder, stop_at_eos)
+                    record.row = {"repeat": repeat, "input_index": sample_index, **record.row,
+                                  "clock": clock.kind}
+                    if progress is not None:
+                        progress.update(1)
+                    yield record
+    finally:
+        recorder.remove()

@@ -1,0 +1,57 @@
+"""The run directory: the source of truth. Everything is written here first; MLflow mirrors it.
+
+Layout (docs/metrics.md describes each file):
+  config.yaml          the resolved Hydra config
+  env.json             device, driver, versions, git sha, dtype, attention implementation
+  workload.json        what ran: family, preset, routing, image mode, each input's token counts
+  samples.csv          one row per input x repeat (all times in ms)
+  decode_steps.csv     one row per decode step of every sample (decode_step_ms)
+  metrics.json         summary statistics and the flat metric dict logged to MLflow
+  error.txt            only when the run failed: the error and its traceback
+  tracking_error.txt   only when MLflow logging failed
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf; absent is the honest encoding
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path):
+        self.path = Path(path).resolve()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_json(self, name: str, payload: Any) -> Path:
+        target = self.file(name)
+        target.write_text(json.dumps(_jsonable(payload), indent=2, sort_keys=False) + "\n")
+        return target
+
+    def write_text(self, name: str, text: str) -> Path:
+        target = self.file(name)
+        target.write_text(text)
+        return target
+
+    def write_csv(self, name: str, frame: pd.DataFrame) -> Path:
+        target = self.file(name)
+        frame.to_csv(target, index=False)
+        return target
