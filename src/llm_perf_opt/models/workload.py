@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,10 +49,22 @@ class Workload:
             raise InputError(f"workload '{self.family}' has no inputs: check the dataset settings (num_pages, limit, subset)")
 
 
-def resolve_stage_map(model: nn.Module, stage_map: dict[str, Any] | None) -> dict[str, nn.Module]:
-    """Turn {stage name: dotted submodule path or module} into {stage name: module}."""
+def flatten_stage_map(stage_map: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
+    """{"vision": {"sam": path}} -> {"vision/sam": path}: nesting in config names the stage group."""
+    flat: dict[str, Any] = {}
+    for key, value in (stage_map or {}).items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_stage_map(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def resolve_stage_map(model: nn.Module, stage_map: Mapping[str, Any] | None) -> dict[str, nn.Module]:
+    """Turn {stage name: dotted submodule path or module} (nested or "group/name" keys) into {stage: module}."""
     resolved: dict[str, nn.Module] = {}
-    for stage, target in (stage_map or {}).items():
+    for stage, target in flatten_stage_map(stage_map).items():
         if isinstance(target, nn.Module):
             resolved[str(stage)] = target
             continue

@@ -1,0 +1,47 @@
+"""Shared fixtures: Hydra composition of the project's config and paths to shared test data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+DEMO_ROOT = REPO_ROOT.parent / "shared" / "omnidocbench-demo"
+
+# Fast settings for CPU tests: one small global view, few tokens, no progress bar.
+FAST = [
+    "dataset.num_pages=1",
+    "profiling.warmup=1",
+    "profiling.repeats=2",
+    "profiling.new_tokens=4",
+    "profiling.progress=false",
+]
+
+
+def compose_config(*overrides: str):
+    overrides = list(overrides)
+    if not any(o.startswith("model=") for o in overrides):
+        overrides.insert(0, "model.image_mode=global768")  # DeepSeek-OCR-2 default: one small view
+    if any(o.startswith("dataset=") for o in overrides):  # FAST's page count is the synthetic source's key
+        overrides = [o for o in overrides if o != "dataset.num_pages=1"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def demo_root() -> Path:
+    if not (DEMO_ROOT / "OmniDocBench.json").is_file():
+        pytest.skip(f"OmniDocBench demo pages not found at {DEMO_ROOT}: they live in ../shared beside the checkout")
+    return DEMO_ROOT
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CPU-only machine)")

@@ -1,0 +1,176 @@
+"""Whole runs in-process: run directory, MLflow content read back, failures, workloads, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+
+from conftest import FAST, compose_config
+from llm_perf_opt.errors import InputError
+from llm_perf_opt.profile_run import run_profile
+from llm_perf_opt.profiling import timed_pass
+from llm_perf_opt.profiling.summary_stats import STATS
+
+RUN_FILES = {"config.yaml", "env.json", "workload.json", "samples.csv", "decode_steps.csv", "metrics.json"}
+
+
+def _run(tmp_path: Path, tracking_uri: str, *overrides: str):
+    cfg = compose_config(*FAST, f"tracking.uri={tracking_uri}", *overrides)
+    return run_profile(cfg, tmp_path / "run")
+
+
+def _mlflow_run(tracking_uri: str, run_id: str):
+    client = mlflow.MlflowClient(tracking_uri)
+    return client, client.get_run(run_id)
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("default")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    outcome = _run(tmp_path, uri, "dataset.num_pages=2", "profiling.repeats=3")
+    return outcome, uri
+
+
+def test_run_directory_is_complete(default_run):
+    outcome, _ = default_run
+    assert outcome.status == "FINISHED" and outcome.error is None
+    assert RUN_FILES <= {p.name for p in outcome.run_dir.iterdir()}
+    env = json.loads((outcome.run_dir / "env.json").read_text())
+    for key in ("device_name", "torch", "transformers", "python", "dtype", "attn_implementation"):
+        assert env[key], key
+    assert env["dtype"] == "fp32" and env["attn_implementation"] == "sdpa"
+
+
+def test_summary_statistics_equal_those_recomputed_from_samples_csv(default_run):
+    outcome, _ = default_run
+    samples = pd.read_csv(outcome.run_dir / "samples.csv")
+    steps = pd.read_csv(outcome.run_dir / "decode_steps.csv")
+    metrics = json.loads((outcome.run_dir / "metrics.json").read_text())["metrics"]
+    assert len(samples) == 2 * 3 and len(steps) == 6 * 3  # 2 pages x 3 repeats; 3 decode steps each
+    for column, name in [("prefill_ms", "prefill/ms"), ("vision_sam_ms", "vision/sam_ms"),
+                         ("decode_ms", "decode/ms"), ("tpot_ms", "latency/tpot_ms"),
+                         ("tokens_per_s", "throughput/tokens_per_s")]:
+        values = samples[column]
+        expected = {"mean": values.mean(), "std": values.std(ddof=1), "min": values.min(), "max": values.max(),
+                    "p50": values.quantile(0.5), "p90": values.quantile(0.9), "p99": values.quantile(0.99)}
+        for stat in STATS:
+            assert metrics[f"{name}_{stat}"] == pytest.approx(expected[stat], rel=1e-9), f"{name}_{stat}"
+    assert metrics["decode/step_ms_p50"] == pytest.approx(steps["decode_step_ms"].median(), rel=1e-9)
+
+
+def test_mlflow_run_mirrors_the_run_directory(default_run):
+    outcome, uri = default_run
+    client, run = _mlflow_run(uri, outcome.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    assert params["model.family"] == "deepseek_ocr2" and params["model.preset"] == "tiny"
+    assert params["profiling.repeats"] == "3" and params["workload.moe_routing"] == "uniform"
+    assert tags["llm_perf_opt.kind"] == "profile" and tags["preset"] == "tiny" and tags["model"] == "deepseek_ocr2"
+    assert tags["device"]
+    for name in ("prefill/ms_p50", "decode/ms_p50", "vision/sam_ms_p50", "vision/encoder_ms_p50",
+                 "vision/projector_ms_p50", "latency/ttft_ms_p50", "latency/tpot_ms_p50"):
+        assert metrics[name] > 0, name
+    local = json.loads((outcome.run_dir / "metrics.json").read_text())["metrics"]
+    assert metrics == pytest.approx(local)
+    artifacts = {a.path for a in client.list_artifacts(outcome.mlflow_run_id)}
+    assert RUN_FILES <= artifacts
+    # And through the tracking API users query with.
+    found = mlflow.search_runs(experiment_names=["llm-perf-opt"], filter_string="tags.preset = 'tiny'",
+                               output_format="pandas") if mlflow.set_tracking_uri(uri) is None else None
+    assert outcome.mlflow_run_id in set(found["run_id"])
+
+
+def test_failure_mid_run_keeps_samples_and_ends_failed(tmp_path, tracking_uri, monkeypatch):
+    real = timed_pass.time_one_sample
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # warmup + 2 measured samples, then the device "fails"
+            raise RuntimeError("simulated device failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(timed_pass, "time_one_sample", failing)
+    outcome = _run(tmp_path, tracking_uri, "profiling.repeats=5")
+    assert outcome.status == "FAILED" and "simulated device failure" in outcome.error
+    samples = pd.read_csv(outcome.run_dir / "samples.csv")
+    assert len(samples) == 2
+    assert "simulated device failure" in (outcome.run_dir / "error.txt").read_text()
+    client, run = _mlflow_run(tracking_uri, outcome.mlflow_run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.metrics["samples/count"] == 2
+    assert {"error.txt", "samples.csv", "metrics.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_tracking_failure_loses_nothing(tmp_path):
+    outcome = _run(tmp_path, "sqlite:////proc/no-such-dir/mlflow.db")
+    assert outcome.status == "FINISHED"
+    assert outcome.tracking_errors and outcome.mlflow_run_id is None
+    assert RUN_FILES <= {p.name for p in outcome.run_dir.iterdir()}
+    assert "MLflow" in (outcome.run_dir / "tracking_error.txt").read_text()
+    assert json.loads((outcome.run_dir / "metrics.json").read_text())["metrics"]["prefill/ms_p50"] > 0
+
+
+def test_hf_causal_lm_workload_has_no_vision_stages(tmp_path, tracking_uri):
+    outcome = _run(tmp_path, tracking_uri, "model=hf_causal_lm", "model.prompt_tokens=24")
+    assert outcome.status == "FINISHED"
+    samples = pd.read_csv(outcome.run_dir / "samples.csv")
+    assert not [c for c in samples.columns if c.startswith("vision")]
+    assert (samples["prompt_tokens"] == 24).all() and (samples["decode_ms"] > 0).all()
+    _, run = _mlflow_run(tracking_uri, outcome.mlflow_run_id)
+    assert run.data.params["workload.family"] == "hf_causal_lm" and run.data.metrics["prefill/ms_p50"] > 0
+
+
+def test_target_factory_workload_with_its_stage_map(tmp_path, tracking_uri):
+    outcome = _run(tmp_path, tracking_uri, "model=custom", "model.factory.num_layers=3")
+    assert outcome.status == "FINISHED"
+    samples = pd.read_csv(outcome.run_dir / "samples.csv")
+    assert (samples["body_layers_ms"] > 0).all() and (samples["body_lm_head_ms"] > 0).all()
+    assert (samples["body_ms"] <= samples["prefill_ms"]).all()
+    _, run = _mlflow_run(tracking_uri, outcome.mlflow_run_id)
+    assert run.data.params["model.factory._target_"] == "llm_perf_opt.models.linear_stack.build_linear_stack"
+    assert run.data.metrics["body/layers_ms_p50"] > 0
+
+
+def test_omnidocbench_pages_run_tiled(tmp_path, tracking_uri, demo_root):
+    outcome = _run(tmp_path, tracking_uri, "dataset=omnidocbench", f"dataset.root={demo_root}", "dataset.limit=2",
+                   "model.image_mode=tiled", "profiling.repeats=1")
+    assert outcome.status == "FINISHED"
+    workload = json.loads((outcome.run_dir / "workload.json").read_text())
+    assert [i["source"] for i in workload["inputs"]] == ["omnidocbench"] * 2
+    assert all(i["image_tokens"] == 256 + 144 * i["tiles"] + 1 for i in workload["inputs"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.path=/no/such/checkpoint"], "not a checkpoint directory"),
+        (["dataset=omnidocbench", "dataset.root=/no/such/root"], "/no/such/root"),
+        (["model.image_mode=huge"], "image_mode=huge"),
+        (["model.dtype=int3"], "model.dtype=int3"),
+        (["model.stage_map.vision.sam=model.no_such_module"], "names no submodule"),
+    ],
+)
+def test_bad_input_is_one_clear_error(tmp_path, tracking_uri, overrides, message):
+    with pytest.raises(InputError, match=message.replace("/", ".")) as caught:
+        _run(tmp_path, tracking_uri, *overrides)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when CUDA is missing")
+def test_cuda_requested_without_cuda(tmp_path, tracking_uri):
+    with pytest.raises(InputError, match="no CUDA device"):
+        _run(tmp_path, tracking_uri, "device=cuda")
+
+
+def test_empty_subset_file_is_an_input_error(tmp_path, tracking_uri, demo_root):
+    subset = tmp_path / "empty.txt"
+    subset.write_text("# nothing selected\n")
+    with pytest.raises(InputError):
+        _run(tmp_path, tracking_uri, "dataset=omnidocbench", f"dataset.root={demo_root}", f"dataset.subset_file={subset}")
