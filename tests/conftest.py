@@ -14,6 +14,7 @@ DEMO_ROOT = REPO_ROOT.parent / "shared" / "omnidocbench-demo"
 
 # Fast settings for CPU tests: one small global view, few tokens, no progress bar.
 FAST = [
+    "device=cpu",  # CPU tests stay CPU tests on a GPU host; tests/test_gpu.py covers CUDA
     "dataset.num_pages=1",
     "profiling.warmup=1",
     "profiling.repeats=2",

@@ -1,0 +1,159 @@
+"""Per-stage efficiency: achieved rates, MFU/MBU, arithmetic intensity and a bound verdict.
+
+Inputs: `stage_costs[stage] = {"flops": F, "bytes": B}` (from the counted pass / analytic model: F in
+FLOPs with a multiply-add = 2, B in bytes moved to/from device memory) and `stage_time_ms[stage] = t`
+(the timed pass's mean time of *that same stage*). For a stage:
+
+    achieved_tflops          = F / (t * 1e-3) / 1e12
+    achieved_gbps            = B / (t * 1e-3) / 1e9
+    mfu                      = achieved_tflops / peak_tflops
+    mbu                      = achieved_gbps / peak_bandwidth_gbps
+    mfu_achievable, mbu_...  = the same against `calibrate`'s measured peaks
+    intensity_flop_per_byte  = F / B
+    ridge_flop_per_byte      = peak_tflops * 1e12 / (peak_bandwidth_gbps * 1e9)
+    attainable_tflops        = min(peak_tflops, intensity * peak_bandwidth_gbps / 1e3)   (the roofline)
+    bound = "launch"  if busy_share < launch_busy_share (device busy less than that share of the stage)
+            "compute" if intensity >= ridge
+            "memory"  otherwise
+
+A stage's FLOPs divide by that stage's time only. Vision sub-stages run inside prefill: "prefill"
+carries the FLOPs of the whole first forward pass (vision included) over prefill_ms, "vision/sam" its
+own FLOPs over vision_sam_ms, and a whole-sample "model" stage the FLOPs of prefill plus every decode
+step over e2e_ms; nothing is ever summed across nested stages here. "decode" is per step: costs of one
+step (mean over steps) over tpot_ms. `stage_times_from_summary` maps stage names to those columns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from llm_perf_opt.profiling.hardware import HardwarePeaks
+
+DEFAULT_LAUNCH_BUSY_SHARE = 0.5
+METRIC_FIELDS = {  # per-stage result key -> MLflow metric suffix
+    "achieved_tflops": "tflops",
+    "mfu": "mfu",
+    "achieved_gbps": "gbps",
+    "mbu": "mbu",
+    "intensity_flop_per_byte": "intensity",
+    "mfu_achievable": "mfu_achievable",
+    "mbu_achievable": "mbu_achievable",
+}
+
+# Stage -> samples.csv summary column whose mean is that stage's time (sub-stages: stage_column()).
+SPECIAL_STAGE_COLUMNS = {"prefill": "prefill_ms", "decode": "tpot_ms", "model": "e2e_ms"}
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def _finite_positive(value: Any) -> bool:
+    return value is not None and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def stage_efficiency(
+    stage_costs: Mapping[str, Mapping[str, float]],
+    stage_time_ms: Mapping[str, float],
+    peaks: HardwarePeaks | None,
+    busy_share: Mapping[str, float] | None = None,
+    launch_busy_share: float = DEFAULT_LAUNCH_BUSY_SHARE,
+) -> dict[str, dict[str, Any]]:
+    """Derived metrics per stage (formulas in the module docstring; None = not computable).
+
+    Stages without a positive, finite time are left out (nothing was measured to divide by).
+    """
+    result: dict[str, dict[str, Any]] = {}
+    for stage, cost in stage_costs.items():
+        time_ms = stage_time_ms.get(stage)
+        if not _finite_positive(time_ms):
+            continue
+        flops = float(cost.get("flops") or 0.0)
+        bytes_moved = float(cost.get("bytes") or 0.0)
+        seconds = time_ms * 1e-3
+        tflops = flops / seconds / 1e12
+        gbps = bytes_moved / seconds / 1e9
+        intensity = flops / bytes_moved if bytes_moved > 0 else None
+        peak_tflops = peaks.peak_tflops if peaks else None
+        peak_gbps = peaks.peak_bandwidth_gbps if peaks else None
+        ridge = peaks.ridge_flop_per_byte if peaks else None
+        attainable = None
+        if peak_tflops is not None and peak_gbps is not None and intensity is not None:
+            attainable = min(peak_tflops, intensity * peak_gbps / 1e3)
+        share = (busy_share or {}).get(stage)
+        result[stage] = {
+            "flops": flops,
+            "bytes": bytes_moved,
+            "time_ms": float(time_ms),
+            "achieved_tflops": tflops,
+            "achieved_gbps": gbps,
+            "intensity_flop_per_byte": intensity,
+            "mfu": _ratio(tflops, peak_tflops),
+            "mbu": _ratio(gbps, peak_gbps),
+            "mfu_achievable": _ratio(tflops, peaks.achievable_tflops if peaks else None),
+            "mbu_achievable": _ratio(gbps, peaks.achievable_bandwidth_gbps if peaks else None),
+            "ridge_flop_per_byte": ridge,
+            "attainable_tflops": attainable,
+            "busy_share": None if share is None else float(share),
+            "bound": bound_verdict(intensity, ridge, share, launch_busy_share, flops),
+        }
+    return result
+
+
+def bound_verdict(
+    intensity: float | None,
+    ridge: float | None,
+    busy_share: float | None = None,
+    launch_busy_share: float = DEFAULT_LAUNCH_BUSY_SHARE,
+    flops: float = 0.0,
+) -> str | None:
+    """'launch' | 'compute' | 'memory', or None when neither the busy share nor the ridge decides."""
+    if busy_share is not None and busy_share < launch_busy_share:
+        return "launch"  # the device idles most of the stage: launches/host gaps, not math or memory
+    if ridge is None:
+        return None
+    if intensity is None:  # no bytes moved: pure arithmetic (or nothing at all)
+        return "compute" if flops > 0 else None
+    return "compute" if intensity >= ridge else "memory"
+
+
+def stage_times_from_summary(summary: Mapping[str, Mapping[str, float]], stages: list[str] | Any) -> dict[str, float]:
+    """Each stage's mean time from metrics.json["summary"]: prefill_ms, tpot_ms (decode, per step),
+    e2e_ms ("model"), and `<stage>_ms` columns for sub-stages and groups ("vision/sam" -> vision_sam_ms)."""
+    from llm_perf_opt.profiling.timed_pass import stage_column
+
+    times = {}
+    for stage in stages:
+        column = SPECIAL_STAGE_COLUMNS.get(stage, stage_column(stage))
+        mean = (summary.get(column) or {}).get("mean")
+        if _finite_positive(mean):
+            times[stage] = float(mean)
+    return times
+
+
+def metric_stage_name(stage: str) -> str:
+    """'vision/sam' -> 'vision_sam' (the stage part of an MLflow metric name)."""
+    return stage.replace("/", "_").replace(".", "_")
+
+
+def efficiency_metrics(result: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """Flat MLflow metrics: efficiency/<stage>_{tflops,mfu,gbps,mbu,intensity,mfu_achievable,mbu_achievable}.
+
+    Absent (None/non-finite) values are left out; verdict strings go to `bound_tags`.
+    """
+    metrics: dict[str, float] = {}
+    for stage, row in result.items():
+        for key, suffix in METRIC_FIELDS.items():
+            value = row.get(key)
+            if value is not None and math.isfinite(value):
+                metrics[f"efficiency/{metric_stage_name(stage)}_{suffix}"] = float(value)
+    return metrics
+
+
+def bound_tags(result: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """MLflow tags `bound.<stage>` = launch | compute | memory (stages with a verdict only)."""
+    return {f"bound.{stage}": row["bound"] for stage, row in result.items() if row.get("bound")}
