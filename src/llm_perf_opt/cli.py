@@ -36,7 +36,8 @@ def expand_overrides(args: list[str]) -> list[str]:
     return expanded
 
 
-COMMANDS = {"profile": "llm_perf_opt.runners.llm_profile_runner"}
+COMMANDS = {"profile": "llm_perf_opt.runners.llm_profile_runner",
+            "compare": "llm_perf_opt.runners.compare_runs"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,7 +28,8 @@ def _plottable(row: Mapping[str, Any]) -> bool:
     return x is not None and y is not None and np.isfinite(x) and np.isfinite(y) and x > 0 and y > 0
 
 
-def _draw_roof(axes, xs: np.ndarray, tflops: float | None, gbps: float | None, style: str, label: str) -> None:
+def _draw_roof(axes, xs: np.ndarray, tflops: float | None, gbps: float | None, style: str, label: str,
+               label_dy: int = -12) -> None:
     if tflops is None and gbps is None:
         return
     memory = xs * gbps / 1e3 if gbps is not None else np.full_like(xs, np.inf)
@@ -37,7 +38,7 @@ def _draw_roof(axes, xs: np.ndarray, tflops: float | None, gbps: float | None, s
     if tflops is not None and gbps is not None:
         ridge = tflops * 1e3 / gbps
         axes.axvline(ridge, color="grey", linestyle=":", linewidth=0.8)
-        axes.annotate(f"ridge {ridge:.0f} FLOP/B", (ridge, tflops), textcoords="offset points", xytext=(4, -12),
+        axes.annotate(f"ridge {ridge:.0f} FLOP/B", (ridge, tflops), textcoords="offset points", xytext=(4, label_dy),
                       fontsize=7, color="grey")
 
 
@@ -69,7 +70,7 @@ def build_roofline_figure(
                    f"spec roof ({peaks.peak_tflops or '?'} TFLOP/s, {peaks.peak_bandwidth_gbps or '?'} GB/s)")
         if peaks.achievable_tflops is not None or peaks.achievable_bandwidth_gbps is not None:
             _draw_roof(axes, xs, peaks.achievable_tflops, peaks.achievable_bandwidth_gbps, "--",
-                       "achievable roof (calibrated)")
+                       "achievable roof (calibrated)", label_dy=-24)
     for name, row in stages.items():
         axes.scatter([row["intensity_flop_per_byte"]], [row["achieved_tflops"]], s=60, zorder=3, label=name)
         axes.annotate(name, (row["intensity_flop_per_byte"], row["achieved_tflops"]), textcoords="offset points",

@@ -1,0 +1,470 @@
+"""Operators and kernels attributed to stages, from a Chrome trace's events (not `key_averages()`).
+
+`key_averages()` sums an operator over the whole profile, so it cannot say how much of `aten::mm`
+ran in vision/sam and how much in decode. Here every event of the trace is placed by its interval:
+
+- Stage ranges are the `user_annotation` events named `stage:<name>` (record_function ranges the
+  profiled pass opens: `stage:prefill`, `stage:vision/sam`, ..., `stage:decode`). An event belongs to
+  the **innermost** stage range containing its start time (any thread: the stages run one after
+  another, so time alone decides). Inside `stage:prefill` but outside every sub-stage: `prefill`.
+  Outside every stage range: `other`.
+- Host events nest on their thread (`cpu_op`, `user_annotation`, `cuda_runtime`, `cuda_driver`).
+  Direct parents come from interval nesting: half-open intervals [ts, ts + dur), sorted by start
+  (longer first on ties); an item's depth is the number of earlier intervals still open at its start,
+  and its parent is the latest earlier item one level up. Self time = duration minus the durations
+  of its direct children (the definition `key_averages()` uses).
+- Device activities (`kernel`, `gpu_memcpy`, `gpu_memset`) are joined to the runtime call that
+  launched them through `args.correlation` (the id the `ac2g` flow arrows draw). The launch's stage
+  is the kernel's stage; the launch's direct parent is the operator that launched it:
+  self_device_ms = kernels launched directly by the op, total_device_ms = kernels launched by it or
+  by its descendants. A kernel with no launch in the trace is `other` with no operator.
+- Memory: with `profile_memory`, `[memory]` instant events carry the bytes (de)allocated; each is
+  charged to the innermost host event containing it: self_cpu_memory_bytes (and, on a GPU,
+  self_device_memory_bytes) is the net bytes an op allocated itself, as in `key_averages()`.
+
+Timestamps are microseconds (floats with nanosecond decimals); they are converted to integer
+nanoseconds once, so nesting tests are exact. Every step is vectorised (numpy sort / searchsorted /
+bincount, pandas groupby): about one million events take a few seconds (benchmarks/
+trace_postprocess_1m.py). Units: *_ms columns are milliseconds, *_bytes are bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+STAGE_PREFIX = "stage:"
+OTHER_STAGE = "other"
+HOST_CATEGORIES = ("cpu_op", "user_annotation", "cuda_runtime", "cuda_driver")
+LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
+DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+MEMORY_CATEGORY = "cpu_instant_event"
+MEMORY_EVENT_NAME = "[memory]"
+CPU_MEMORY_DEVICE_TYPE = 0  # args["Device Type"] of a [memory] event: 0 = CPU, 1 = CUDA
+
+OPERATOR_COLUMNS = ["stage", "name", "calls", "self_cpu_ms", "total_cpu_ms", "self_device_ms", "total_device_ms",
+                    "total_time_ms", "mean_time_ms", "self_cpu_memory_bytes", "self_device_memory_bytes"]
+KERNEL_COLUMNS = ["stage", "name", "calls", "device_ms", "mean_device_ms"]
+STAGE_TIME_COLUMNS = ["stage", "ranges", "cpu_ms", "device_span_ms", "profiled_ms", "operator_self_cpu_ms",
+                      "other_self_cpu_ms", "substage_cpu_ms", "host_gap_ms", "device_ms"]
+_NS_PER_MS = 1e6
+
+
+@dataclass
+class TraceAttribution:
+    """Every host and device event of a trace with its stage, parent and self time.
+
+    host: one row per host interval or memory point (cat, name, tid, start_ns, dur_ns, parent, depth,
+      self_ns, stage, total_device_ns, self_device_ns, bytes); `parent` is a row position or -1.
+    device: one row per device activity (cat, name, start_ns, dur_ns, launch, stage).
+    stage_ranges: one row per `stage:` range instance (stage, start_ns, end_ns, cpu_ms, device_span_ms,
+      host_gap_ms, parent_stage).
+    """
+
+    host: pd.DataFrame
+    device: pd.DataFrame
+    stage_ranges: pd.DataFrame
+    stage_order: list[str]
+    on_device: bool
+    has_memory: bool
+    misnested_events: int
+
+
+def load_trace(path: str | Path) -> dict[str, Any]:
+    """A Chrome trace as a dict; `.gz` files are decompressed (the profiled pass writes trace.json.gz)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def stage_of_range(name: str) -> str:
+    """'stage:vision/sam' -> 'vision/sam'."""
+    return name[len(STAGE_PREFIX):]
+
+
+def _direct_parents(group: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Direct parent (row position or -1) and depth of each interval, nesting only within `group`.
+
+    Intervals are half-open [start, end). Zero-length items (instants, memory points) get half a
+    nanosecond of length so they nest inside an interval that starts with them but never contain
+    anything. Sorted by (start asc, end desc, row), the depth of item i is the number of earlier items
+    whose end lies after i's start (for nested data, exactly its ancestors); the parent is the latest
+    earlier item at depth - 1. Items that overlap without nesting (a broken trace) keep -1 and are
+    counted in the third return value.
+    """
+    n = len(start_ns)
+    if n == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64), 0
+    base = start_ns.min()
+    start2 = (start_ns - base) * 2
+    end2 = np.maximum((end_ns - base) * 2, start2 + 1)
+    span = int(end2.max()) + 2
+    # Threads are laid end to end on one axis, so one sort handles them all.
+    start2 = start2 + group.astype(np.int64) * span
+    end2 = end2 + group.astype(np.int64) * span
+    rows = np.arange(n, dtype=np.int64)
+    order = np.lexsort((rows, -end2, start2))
+    start_sorted, end_sorted = start2[order], end2[order]
+    closed_before = np.searchsorted(np.sort(end_sorted), start_sorted, side="right")
+    depth = rows - closed_before
+    keys = np.sort(depth * n + rows)
+    found = np.searchsorted(keys, (depth - 1) * n + rows, side="left") - 1
+    candidate = keys[np.maximum(found, 0)]
+    cand_pos = candidate % n
+    has_parent = (depth > 0) & (found >= 0) & (candidate // n == depth - 1)
+    nested = has_parent & (end_sorted[cand_pos] >= end_sorted)
+    misnested = int((has_parent & ~nested).sum())
+    parent = np.full(n, -1, dtype=np.int64)
+    parent[order] = np.where(nested, order[cand_pos], -1)
+    depth_out = np.empty(n, dtype=np.int64)
+    depth_out[order] = depth
+    return parent, depth_out, misnested
+
+
+def _extract(events: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Host (intervals + memory points) and device events as columns; one list pass per field."""
+    cats = pd.Series([e.get("cat") for e in events], dtype=object)
+    cat_codes, cat_names = pd.factorize(cats)
+    cat_index = {name: code for code, name in enumerate(cat_names)}
+
+    def positions(categories: Iterable[str]) -> np.ndarray:
+        codes = [cat_index[c] for c in categories if c in cat_index]
+        return np.flatnonzero(np.isin(cat_codes, codes)) if codes else np.empty(0, np.int64)
+
+    host_pos = positions(HOST_CATEGORIES)
+    memory_pos = positions((MEMORY_CATEGORY,))
+    if len(memory_pos):
+        memory_pos = memory_pos[np.fromiter((events[i].get("name") == MEMORY_EVENT_NAME for i in memory_pos),
+                                            bool, len(memory_pos))]
+    device_pos = positions(DEVICE_CATEGORIES)
+
+    def frame(pos: np.ndarray, with_dur: bool) -> pd.DataFrame:
+        picked = [events[i] for i in pos]
+        ts_us = np.fromiter((e["ts"] for e in picked), float, len(picked))
+        dur_us = (np.fromiter((e.get("dur", 0.0) for e in picked), float, len(picked)) if with_dur
+                  else np.zeros(len(picked)))
+        start_ns = np.rint(ts_us * 1e3).astype(np.int64)
+        return pd.DataFrame({
+            "cat": cats.iloc[pos].to_numpy() if len(pos) else np.empty(0, object),
+            "name": [e.get("name") for e in picked],
+            "pid": [e.get("pid") for e in picked],
+            "tid": [e.get("tid") for e in picked],
+            "start_ns": start_ns,
+            "dur_ns": np.rint(dur_us * 1e3).astype(np.int64),
+        })
+
+    host = frame(host_pos, True)
+    memory = frame(memory_pos, False)
+    memory_args = [events[i].get("args", {}) for i in memory_pos]
+    memory["bytes"] = np.fromiter((a.get("Bytes", 0) for a in memory_args), float, len(memory_args))
+    memory["device_type"] = np.fromiter((a.get("Device Type", CPU_MEMORY_DEVICE_TYPE) for a in memory_args),
+                                        np.int64, len(memory_args))
+    host["bytes"] = 0.0
+    host["device_type"] = -1
+    host = pd.concat([host, memory], ignore_index=True)
+    is_launch = host["cat"].isin(LAUNCH_CATEGORIES).to_numpy()
+    correlation = np.full(len(host), -1, dtype=np.int64)
+    launch_rows = np.flatnonzero(is_launch)
+    correlation[launch_rows] = [events[i].get("args", {}).get("correlation", -1) for i in host_pos[launch_rows]]
+    host["correlation"] = correlation
+
+    device = frame(device_pos, True)
+    device["correlation"] = np.fromiter((events[i].get("args", {}).get("correlation", -1) for i in device_pos),
+                                        np.int64, len(device_pos))
+    return host, device
+
+
+def _attribute_stages(start_ns: np.ndarray, ranges: pd.DataFrame) -> np.ndarray:
+    """Row position (in `ranges`) of the innermost stage range containing each start time, or -1.
+
+    Stage ranges of one nesting level are disjoint, so one searchsorted per level finds the range a
+    time falls in; deeper levels overwrite shallower ones.
+    """
+    owner = np.full(len(start_ns), -1, dtype=np.int64)
+    for level in sorted(ranges["stage_depth"].unique()):
+        level_rows = np.flatnonzero(ranges["stage_depth"].to_numpy() == level)
+        level_rows = level_rows[np.argsort(ranges["start_ns"].to_numpy()[level_rows], kind="stable")]
+        starts = ranges["start_ns"].to_numpy()[level_rows]
+        ends = ranges["end_ns"].to_numpy()[level_rows]
+        found = np.searchsorted(starts, start_ns, side="right") - 1
+        inside = (found >= 0) & (start_ns < ends[np.maximum(found, 0)])
+        owner[inside] = level_rows[found[inside]]
+    return owner
+
+
+def attribute_trace(trace: dict[str, Any]) -> TraceAttribution:
+    """Stage, parent, self time and device time of every event of a Chrome trace (see module doc)."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    host, device = _extract(events)
+    on_device = len(device) > 0
+    has_memory = bool((host["cat"] == MEMORY_CATEGORY).any())
+
+    # Nesting per thread (pid, tid): direct parents, depth, self time.
+    thread = pd.MultiIndex.from_arrays([host["pid"].astype(str), host["tid"].astype(str)]).factorize()[0]
+    start_ns = host["start_ns"].to_numpy()
+    dur_ns = host["dur_ns"].to_numpy()
+    parent, depth, misnested = _direct_parents(thread, start_ns, start_ns + dur_ns)
+    if misnested:
+        warnings.warn(f"{misnested} trace events overlap without nesting: they are kept but have no parent",
+                      stacklevel=2)
+    has_parent = parent >= 0
+    child_ns = np.bincount(parent[has_parent], weights=dur_ns[has_parent], minlength=len(host))
+    host["parent"] = parent
+    host["depth"] = depth
+    host["self_ns"] = dur_ns - child_ns
+
+    # Stage ranges and their own nesting (a sub-stage's parent stage).
+    range_rows = np.flatnonzero(((host["cat"] == "user_annotation")
+                                 & host["name"].str.startswith(STAGE_PREFIX, na=False)).to_numpy())
+    ranges = pd.DataFrame({
+        "row": range_rows,
+        "stage": [stage_of_range(n) for n in host["name"].to_numpy()[range_rows]],
+        "start_ns": start_ns[range_rows],
+        "end_ns": start_ns[range_rows] + dur_ns[range_rows],
+        "tid": host["tid"].to_numpy()[range_rows],
+    })
+    range_parent, range_depth, _ = _direct_parents(np.zeros(len(ranges), np.int64), ranges["start_ns"].to_numpy(),
+                                                   ranges["end_ns"].to_numpy())
+    ranges["stage_depth"] = range_depth
+    ranges["parent_stage"] = [ranges["stage"].iat[p] if p >= 0 else None for p in range_parent]
+    stage_order = list(dict.fromkeys(ranges.sort_values("start_ns")["stage"]))
+
+    owner = _attribute_stages(start_ns, ranges) if len(ranges) else np.full(len(host), -1, np.int64)
+    stage_names = np.array(stage_order + [OTHER_STAGE], dtype=object)
+    stage_code_of_range = np.array([stage_order.index(s) for s in ranges["stage"]], dtype=np.int64)
+    host_stage_code = np.where(owner >= 0, stage_code_of_range[np.maximum(owner, 0)] if len(ranges) else 0,
+                               len(stage_order))
+    host["stage"] = pd.Categorical.from_codes(host_stage_code, categories=stage_names)
+
+    # Device activities -> launching runtime call (correlation id) -> its stage and its operator.
+    total_device_ns = np.zeros(len(host))
+    self_device_ns = np.zeros(len(host))
+    if on_device:
+        launches = np.flatnonzero(host["correlation"].to_numpy() >= 0)
+        by_correlation = pd.Index(host["correlation"].to_numpy()[launches])
+        keep = ~by_correlation.duplicated()
+        lookup = pd.Index(by_correlation[keep])
+        found = lookup.get_indexer(device["correlation"].to_numpy())
+        launch = np.where(found >= 0, launches[keep][np.maximum(found, 0)], -1)
+        device["launch"] = launch
+        has_launch = launch >= 0
+        device_stage_code = np.full(len(device), len(stage_order), dtype=np.int64)
+        device_stage_code[has_launch] = host_stage_code[launch[has_launch]]
+        device["stage"] = pd.Categorical.from_codes(device_stage_code, categories=stage_names)
+        launch_device_ns = np.bincount(launch[has_launch], weights=device["dur_ns"].to_numpy()[has_launch],
+                                       minlength=len(host))
+        # Self: kernels whose launch is a direct child of the op. Total: summed up the tree, deepest first.
+        launch_has_parent = has_parent & (launch_device_ns > 0)
+        self_device_ns = np.bincount(parent[launch_has_parent], weights=launch_device_ns[launch_has_parent],
+                                     minlength=len(host))
+        total_device_ns = launch_device_ns.copy()
+        by_depth = np.argsort(-depth, kind="stable")
+        depth_sorted = depth[by_depth]
+        level_starts = np.flatnonzero(np.r_[True, depth_sorted[1:] != depth_sorted[:-1]])
+        for begin, end in zip(level_starts, np.r_[level_starts[1:], len(by_depth)]):
+            nodes = by_depth[begin:end]
+            nodes = nodes[has_parent[nodes]]
+            if len(nodes):
+                np.add.at(total_device_ns, parent[nodes], total_device_ns[nodes])
+    else:
+        device["launch"] = np.empty(0, np.int64)
+        device["stage"] = pd.Categorical.from_codes(np.empty(0, np.int64), categories=stage_names)
+    host["total_device_ns"] = total_device_ns
+    host["self_device_ns"] = self_device_ns
+
+    ranges["cpu_ms"] = (ranges["end_ns"] - ranges["start_ns"]) / _NS_PER_MS
+    ranges["host_gap_ms"] = host["self_ns"].to_numpy()[range_rows] / _NS_PER_MS
+    ranges["device_span_ms"] = _device_spans(ranges, host, device) if on_device else np.nan
+    return TraceAttribution(host=host, device=device, stage_ranges=ranges, stage_order=stage_order,
+                            on_device=on_device, has_memory=has_memory, misnested_events=misnested)
+
+
+def _device_spans(ranges: pd.DataFrame, host: pd.DataFrame, device: pd.DataFrame) -> np.ndarray:
+    """Per stage range: last end minus first start of the device activities launched inside it (ms).
+
+    This is the range's execution time on the device (what a CUDA event pair around it measures),
+    not the host time spent launching. NaN when nothing was launched inside.
+    """
+    launched = device[device["launch"] >= 0]
+    launch_ns = host["start_ns"].to_numpy()[launched["launch"].to_numpy()]
+    order = np.argsort(launch_ns, kind="stable")
+    launch_ns = launch_ns[order]
+    kernel_start = launched["start_ns"].to_numpy()[order]
+    kernel_end = kernel_start + launched["dur_ns"].to_numpy()[order]
+    lo = np.searchsorted(launch_ns, ranges["start_ns"].to_numpy(), side="left")
+    hi = np.searchsorted(launch_ns, ranges["end_ns"].to_numpy(), side="left")
+    spans = np.full(len(ranges), np.nan)
+    for i, (a, b) in enumerate(zip(lo, hi)):
+        if b > a:
+            spans[i] = (kernel_end[a:b].max() - kernel_start[a:b].min()) / _NS_PER_MS
+    return spans
+
+
+def operator_table(attribution: TraceAttribution) -> pd.DataFrame:
+    """One row per (stage, operator name): calls, self/total CPU and device ms, memory (OPERATOR_COLUMNS).
+
+    total_time_ms is the device total on a GPU trace and the CPU total otherwise; mean_time_ms is
+    total_time_ms / calls. Device columns are NaN on a CPU trace, memory columns NaN without
+    `profile_memory`. Rows are ordered by stage (trace order) then total_time_ms, largest first.
+    """
+    host = attribution.host
+    ops = host[host["cat"] == "cpu_op"]
+    memory = host[(host["cat"] == MEMORY_CATEGORY) & (host["parent"] >= 0)]
+    memory_owner = memory["parent"].to_numpy()
+    cpu_bytes = np.bincount(memory_owner, weights=np.where(memory["device_type"] == CPU_MEMORY_DEVICE_TYPE,
+                                                           memory["bytes"], 0.0), minlength=len(host))
+    device_bytes = np.bincount(memory_owner, weights=np.where(memory["device_type"] != CPU_MEMORY_DEVICE_TYPE,
+                                                              memory["bytes"], 0.0), minlength=len(host))
+    rows = ops.index.to_numpy()
+    frame = pd.DataFrame({
+        "stage": ops["stage"],
+        "name": ops["name"],
+        "self_cpu_ms": ops["self_ns"] / _NS_PER_MS,
+        "total_cpu_ms": ops["dur_ns"] / _NS_PER_MS,
+        "self_device_ms": ops["self_device_ns"] / _NS_PER_MS,
+        "total_device_ms": ops["total_device_ns"] / _NS_PER_MS,
+        "self_cpu_memory_bytes": cpu_bytes[rows],
+        "self_device_memory_bytes": device_bytes[rows],
+    })
+    table = (frame.groupby(["stage", "name"], observed=True, sort=False)
+             .agg(calls=("self_cpu_ms", "size"), self_cpu_ms=("self_cpu_ms", "sum"),
+                  total_cpu_ms=("total_cpu_ms", "sum"), self_device_ms=("self_device_ms", "sum"),
+                  total_device_ms=("total_device_ms", "sum"),
+                  self_cpu_memory_bytes=("self_cpu_memory_bytes", "sum"),
+                  self_device_memory_bytes=("self_device_memory_bytes", "sum"))
+             .reset_index())
+    if not attribution.on_device:
+        table[["self_device_ms", "total_device_ms", "self_device_memory_bytes"]] = np.nan
+    if not attribution.has_memory:
+        table[["self_cpu_memory_bytes", "self_device_memory_bytes"]] = np.nan
+    table["total_time_ms"] = table["total_device_ms"] if attribution.on_device else table["total_cpu_ms"]
+    table["mean_time_ms"] = table["total_time_ms"] / table["calls"]
+    table["stage"] = table["stage"].astype(str)
+    return _order_by_stage(table[OPERATOR_COLUMNS], attribution.stage_order, "total_time_ms")
+
+
+def kernel_table(attribution: TraceAttribution) -> pd.DataFrame:
+    """One row per (stage, device activity name): calls, device_ms, mean_device_ms (KERNEL_COLUMNS)."""
+    device = attribution.device
+    if not len(device):
+        return pd.DataFrame(columns=KERNEL_COLUMNS)
+    table = (pd.DataFrame({"stage": device["stage"], "name": device["name"], "device_ms": device["dur_ns"] / _NS_PER_MS})
+             .groupby(["stage", "name"], observed=True, sort=False)
+             .agg(calls=("device_ms", "size"), device_ms=("device_ms", "sum")).reset_index())
+    table["mean_device_ms"] = table["device_ms"] / table["calls"]
+    table["stage"] = table["stage"].astype(str)
+    return _order_by_stage(table[KERNEL_COLUMNS], attribution.stage_order, "device_ms")
+
+
+def _order_by_stage(table: pd.DataFrame, stage_order: list[str], by: str) -> pd.DataFrame:
+    rank = {stage: i for i, stage in enumerate(stage_order + [OTHER_STAGE])}
+    return (table.assign(_rank=table["stage"].map(rank))
+            .sort_values(["_rank", by], ascending=[True, False], kind="stable")
+            .drop(columns="_rank").reset_index(drop=True))
+
+
+def stage_time_table(attribution: TraceAttribution) -> pd.DataFrame:
+    """Per stage: how its profiled time splits (STAGE_TIME_COLUMNS, all ms summed over its ranges).
+
+    cpu_ms = operator_self_cpu_ms + other_self_cpu_ms + substage_cpu_ms + host_gap_ms, where
+    other_self_cpu_ms is the self time of non-operator host events (runtime calls, other
+    annotations) and host_gap_ms is time inside the ranges but in no event (Python between ops).
+    The identity holds exactly when all events sit on the ranges' thread and nest properly.
+    profiled_ms is device_span_ms on a GPU trace (execution on the device) and cpu_ms otherwise;
+    device_ms is the summed duration of the stage's device activities (busy time, not span).
+    """
+    ranges, host = attribution.stage_ranges, attribution.host
+    if not len(ranges):
+        return pd.DataFrame(columns=STAGE_TIME_COLUMNS)
+    self_ms = host["self_ns"] / _NS_PER_MS
+    is_range = np.zeros(len(host), bool)
+    is_range[ranges["row"].to_numpy()] = True
+    is_op = (host["cat"] == "cpu_op").to_numpy()
+    op_self = self_ms[is_op].groupby(host["stage"][is_op], observed=True).sum()
+    other = ~is_op & ~is_range
+    other_self = self_ms[other].groupby(host["stage"][other], observed=True).sum()
+    substage = ranges.dropna(subset=["parent_stage"]).groupby("parent_stage")["cpu_ms"].sum()
+    device_ms = (attribution.device["dur_ns"] / _NS_PER_MS).groupby(attribution.device["stage"], observed=True).sum()
+    table = ranges.groupby("stage", sort=False).agg(ranges=("cpu_ms", "size"), cpu_ms=("cpu_ms", "sum"),
+                                                    device_span_ms=("device_span_ms", "sum"),
+                                                    host_gap_ms=("host_gap_ms", "sum"))
+    if not attribution.on_device:
+        table["device_span_ms"] = np.nan
+    table["profiled_ms"] = table["device_span_ms"] if attribution.on_device else table["cpu_ms"]
+    table["operator_self_cpu_ms"] = op_self.reindex(table.index).fillna(0.0)
+    table["other_self_cpu_ms"] = other_self.reindex(table.index).fillna(0.0)
+    table["substage_cpu_ms"] = substage.reindex(table.index).fillna(0.0)
+    table["device_ms"] = device_ms.reindex(table.index) if attribution.on_device else np.nan
+    table = table.reset_index()
+    rank = {stage: i for i, stage in enumerate(attribution.stage_order)}
+    return table.sort_values("stage", key=lambda s: s.map(rank)).reset_index(drop=True)[STAGE_TIME_COLUMNS]
+
+
+def operators_from_trace(trace: dict[str, Any] | str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(operators, kernels, stage times) of a trace dict or a trace file (.json or .json.gz)."""
+    if not isinstance(trace, dict):
+        trace = load_trace(trace)
+    attribution = attribute_trace(trace)
+    return operator_table(attribution), kernel_table(attribution), stage_time_table(attribution)
+
+
+# --- artifacts -------------------------------------------------------------------------------------
+
+
+def top_per_stage(table: pd.DataFrame, n: int, by: str) -> dict[str, pd.DataFrame]:
+    """{stage: its n largest rows by `by`}, stages in table order."""
+    return {stage: group.nlargest(n, by) for stage, group in table.groupby("stage", sort=False)}
+
+
+def write_operator_artifacts(run_dir: str | Path, operators: pd.DataFrame, kernels: pd.DataFrame | None,
+                             top_n: int = 10, stage_times: pd.DataFrame | None = None) -> list[Path]:
+    """operators.csv (every row), operators.md (top-N per stage and overall), kernels.csv on a GPU."""
+    from llm_perf_opt.reports.markdown import frame_table, header, new_document, write_markdown
+
+    run_dir = Path(run_dir)
+    written = [run_dir / "operators.csv"]
+    operators.to_csv(written[0], index=False)
+    has_kernels = kernels is not None and len(kernels) > 0
+    if has_kernels:
+        written.append(run_dir / "kernels.csv")
+        kernels.to_csv(written[-1], index=False)
+
+    on_device = has_kernels or (len(operators) > 0 and bool(operators["total_device_ms"].notna().any()))
+    basis = "device" if on_device else "CPU"
+    md = new_document("Operators by stage")
+    md.new_paragraph(
+        f"From the profiled pass (torch.profiler trace: trace.json.gz). Each operator is charged to the innermost "
+        f"stage range containing it (vision sub-stages are nested within prefill; `other` is outside every "
+        f"stage). Ranked by total_time_ms = total {basis} time (children included, so nested operators "
+        f"overlap: aten::linear contains aten::addmm). Self time excludes the operator's child operators. "
+        f"Times are summed over the profiled pass and inflated by the profiler (see the overhead ratios)."
+    )
+    columns = ["name", "calls", "total_time_ms", "mean_time_ms", "self_cpu_ms", "total_cpu_ms"]
+    if on_device:
+        columns += ["self_device_ms"]
+    if stage_times is not None and len(stage_times):
+        header(md, "Stage time in the profiled pass (ms, summed over ranges)")
+        frame_table(md, stage_times, ["stage", "ranges", "profiled_ms", "cpu_ms", "operator_self_cpu_ms",
+                                      "substage_cpu_ms", "host_gap_ms"])
+    header(md, f"Top {top_n} operators overall")
+    frame_table(md, operators.nlargest(top_n, "total_time_ms"), ["stage"] + columns)
+    for stage, rows in top_per_stage(operators, top_n, "total_time_ms").items():
+        header(md, f"Stage {stage}: top {top_n} operators")
+        frame_table(md, rows, columns)
+    if has_kernels:
+        header(md, f"Top {top_n} kernels overall")
+        frame_table(md, kernels.nlargest(top_n, "device_ms"), KERNEL_COLUMNS)
+        for stage, rows in top_per_stage(kernels, top_n, "device_ms").items():
+            header(md, f"Stage {stage}: top {top_n} kernels")
+            frame_table(md, rows, ["name", "calls", "device_ms", "mean_device_ms"])
+    written.append(write_markdown(md, run_dir / "operators.md"))
+    return written

@@ -1,0 +1,39 @@
+"""Hydra main for `llm-perf-opt compare` and the MLproject `compare` entry point: wiring only."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from llm_perf_opt.errors import InputError
+
+CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
+def main(cfg: DictConfig) -> None:
+    from llm_perf_opt.compare import run_comparison
+
+    try:
+        outcome = run_comparison(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(outcome.text)
+    print(f"\noutput directory: {outcome.out_dir} (comparison.md, comparison.csv, verdicts.csv, plots/)")
+    if outcome.mlflow_run_id:
+        print(f"mlflow comparison run: {outcome.mlflow_run_id}")
+    if outcome.tracking_errors:
+        print(f"error: compared, but MLflow logging failed: {outcome.tracking_errors[0]}", file=sys.stderr)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    from llm_perf_opt.cli import expand_overrides
+
+    sys.argv = [sys.argv[0], *expand_overrides(sys.argv[1:])]
+    main()

@@ -1,0 +1,173 @@
+"""The counted pass (FlopCounterMode per stage) and FLOP coverage of profiled operators."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import FAST, compose_config
+from llm_perf_opt.data import load_pages
+from llm_perf_opt.errors import InputError
+from llm_perf_opt.models import build_workload
+from llm_perf_opt.models.linear_stack import build_linear_stack
+from llm_perf_opt.models.workload import PreparedInput, Workload, resolve_stage_map
+from llm_perf_opt.profiling.flops import (
+    EXTRA_FLOP_FORMULAS,
+    count_stage_flops,
+    coverage_warning,
+    flop_coverage,
+    new_flop_counter,
+)
+
+CPU = torch.device("cpu")
+
+
+def _workload(*overrides: str) -> Workload:
+    cfg = compose_config(*FAST, *overrides)
+    return build_workload(cfg.model, load_pages(cfg.dataset), CPU, 0)
+
+
+@pytest.fixture(scope="module")
+def deepseek_global768() -> Workload:
+    return _workload("model.image_mode=global768")
+
+
+def _linear_stack_workload(prompt_tokens: int, vocab: int = 96, hidden: int = 32, layers: int = 3) -> Workload:
+    built = build_linear_stack(vocab_size=vocab, hidden_size=hidden, num_layers=layers)
+    model = built["model"].eval()
+    ids = torch.arange(prompt_tokens).remainder(vocab).unsqueeze(0)
+    return Workload("custom", model, [PreparedInput("p0", {"input_ids": ids}, prompt_tokens)],
+                    resolve_stage_map(model, built["stage_map"]), CPU, torch.float32)
+
+
+def test_linear_stack_counts_exactly_and_substages_only_in_prefill():
+    tokens, vocab, hidden, layers = 7, 96, 32, 3
+    counted = count_stage_flops(_linear_stack_workload(tokens, vocab, hidden, layers), decode_steps=3)
+    assert counted.prefill_flops == 2 * tokens * (layers * hidden**2 + hidden * vocab)
+    assert counted.stage_flops == {"body/layers": 2 * tokens * layers * hidden**2, "body/lm_head": 2 * tokens * hidden * vocab}
+    assert counted.stage_calls == {"body/layers": 1, "body/lm_head": 1}  # hooks are off during decode
+    # No cache: each decode step feeds the one new token.
+    assert counted.decode_step_flops == [2 * (layers * hidden**2 + hidden * vocab)] * 3
+    assert counted.decode_step_mean_flops == counted.decode_step_flops[0]
+    assert counted.operator_flops["prefill"] == {"aten::mm": counted.prefill_flops}
+
+
+def test_counted_pass_sums_substages_nested_in_prefill(deepseek_global768):
+    counted = count_stage_flops(deepseek_global768, decode_steps=2)
+    assert set(counted.stage_flops) == {"vision/sam", "vision/encoder", "vision/projector"}
+    assert all(flops > 0 for flops in counted.stage_flops.values())
+    assert sum(counted.stage_flops.values()) < counted.prefill_flops  # the text decoder runs after vision
+    # Per-operator counts add up to the stage totals.
+    for stage, flops in counted.stage_flops.items():
+        assert sum(counted.operator_flops[stage].values()) == flops
+    assert sum(counted.operator_flops["prefill"].values()) == counted.prefill_flops
+    assert sum(counted.operator_flops["decode"].values()) == sum(counted.decode_step_flops)
+    # Each step attends to one more position: FLOPs grow by exactly 4 * layers * heads * head_dim.
+    text = deepseek_global768.model.config.text_config
+    growth = counted.decode_step_flops[1] - counted.decode_step_flops[0]
+    assert growth == 4 * text.num_hidden_layers * text.hidden_size
+    record = counted.as_record()
+    assert record["decode_step_mean_flops"] == pytest.approx(sum(counted.decode_step_flops) / 2)
+
+
+def test_moe_experts_and_cpu_attention_are_counted(deepseek_global768):
+    """transformers' grouped_mm experts and CPU SDPA have no formula in torch: ours must count them."""
+    counted = count_stage_flops(deepseek_global768, decode_steps=1)
+    text = deepseek_global768.model.config.text_config
+    sparse_layers = text.mlp_layer_types.count("sparse")
+    step_ops = counted.operator_flops["decode"]
+    experts_impl = deepseek_global768.info["experts_implementation"]
+    if experts_impl == "grouped_mm":
+        # One token, k experts, gate+up (2 * moe_inter outputs) and down: 6 * k * hidden * moe_inter.
+        assert step_ops["aten::_grouped_mm"] == (
+            sparse_layers * 6 * text.num_experts_per_tok * text.hidden_size * text.moe_intermediate_size)
+    sdpa = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    context = counted.prompt_tokens + 1
+    assert step_ops[sdpa] == 4 * text.num_hidden_layers * text.hidden_size * context
+
+
+def test_extra_formulas_only_fill_gaps_in_torch_registry():
+    from torch.utils import flop_counter
+
+    assert EXTRA_FLOP_FORMULAS, "torch lacks grouped_mm/CPU SDPA formulas here; nothing to add is suspicious"
+    assert not set(EXTRA_FLOP_FORMULAS) & set(flop_counter.flop_registry)
+    # Plain torch misses CPU SDPA; ours counts it like CUDA SDPA: 4 * b * h * s_q * s_k * d.
+    q = torch.randn(2, 3, 5, 8)
+    k = torch.randn(2, 3, 7, 8)
+    with FlopCounterMode(display=False) as plain:
+        torch.nn.functional.scaled_dot_product_attention(q, k, k)
+    with new_flop_counter() as ours:
+        torch.nn.functional.scaled_dot_product_attention(q, k, k)
+    assert plain.get_total_flops() == 0
+    assert ours.get_total_flops() == 4 * 2 * 3 * 5 * 7 * 8
+
+
+def test_grouped_mm_formula_counts_routed_rows():
+    if not hasattr(torch, "_grouped_mm"):
+        pytest.skip("this torch has no _grouped_mm")
+    rows, k_dim, n_dim, experts = 12, 16, 8, 3
+    a = torch.randn(rows, k_dim)
+    b = torch.randn(experts, k_dim, n_dim)
+    offsets = torch.tensor([4, 9, 12], dtype=torch.int32)
+    try:
+        with new_flop_counter() as counter:
+            torch._grouped_mm(a, b, offs=offsets)
+    except RuntimeError as exc:  # some builds have no CPU kernel for fp32
+        pytest.skip(f"_grouped_mm does not run here: {exc}")
+    assert counter.get_total_flops() == 2 * rows * k_dim * n_dim
+
+
+def test_counting_rejects_bad_arguments(deepseek_global768):
+    with pytest.raises(InputError):
+        count_stage_flops(deepseek_global768, input_index=len(deepseek_global768.inputs))
+    with pytest.raises(InputError):
+        count_stage_flops(deepseek_global768, decode_steps=-1)
+
+
+def test_errors_in_the_model_propagate_instead_of_zero_counts():
+    workload = _linear_stack_workload(4)
+    workload.inputs[0].model_inputs["input_ids"] = torch.tensor([[10_000]])  # out of the vocabulary
+    with pytest.raises(IndexError):
+        count_stage_flops(workload)
+    # Hooks are removed even after a failure: a later count is unaffected.
+    workload.inputs[0].model_inputs["input_ids"] = torch.tensor([[1, 2, 3, 4]])
+    assert count_stage_flops(workload, decode_steps=0).stage_calls == {"body/layers": 1, "body/lm_head": 1}
+
+
+def _operators(rows: list[tuple[str, str, float, float]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["stage", "name", "self_cpu_ms", "self_device_ms"])
+    frame["calls"] = 1
+    for column in ("total_cpu_ms", "total_device_ms", "total_time_ms", "mean_time_ms"):
+        frame[column] = 0.0
+    return frame
+
+
+def test_flop_coverage_uses_device_time_and_registry_names():
+    frame = _operators([
+        ("prefill", "aten::mm", 1.0, 6.0),
+        ("prefill", "aten::_scaled_dot_product_efficient_attention", 1.0, 2.0),
+        ("prefill", "aten::copy_", 50.0, 1.0),
+        ("prefill", "aten::add", 50.0, 1.0),
+        ("decode", "aten::_grouped_mm", 1.0, 1.0),
+        ("decode", "aten::cat", 1.0, 3.0),
+        ("vision/sam", "aten::view", 1.0, 0.0),
+    ])
+    coverage = flop_coverage(frame)
+    # Device time is used (it sums > 0); a stage with no device time has no share.
+    assert coverage == {"prefill": pytest.approx(2 / 10), "decode": pytest.approx(3 / 4)}
+    assert coverage_warning(coverage) is not None and "decode 75%" in coverage_warning(coverage)
+    assert coverage_warning(coverage, threshold=0.8) is None
+
+
+def test_flop_coverage_falls_back_to_cpu_time():
+    frame = _operators([
+        ("prefill", "aten::addmm", 3.0, 0.0),
+        ("prefill", "aten::linear", 1.0, 0.0),  # composite around addmm: its FLOPs are counted
+        ("prefill", "aten::mkldnn_convolution", 2.0, 0.0),  # CPU kernel under aten::convolution
+        ("prefill", "aten::softmax", 4.0, 0.0),
+    ])
+    assert flop_coverage(frame) == {"prefill": pytest.approx(4 / 10)}
+    with pytest.raises(ValueError):
+        flop_coverage(frame.drop(columns=["self_cpu_ms"]))

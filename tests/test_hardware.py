@@ -1,0 +1,154 @@
+"""Peak table (dense figures, sources), lookup with config overrides, calibration."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from llm_perf_opt.errors import InputError
+from llm_perf_opt.profiling.hardware import (
+    DTYPES,
+    PEAK_TABLE,
+    HardwarePeaks,
+    calibrate,
+    lookup_peaks,
+    matmul_dtype,
+    ridge_point,
+    with_calibration,
+)
+
+H100_SXM = "NVIDIA H100 80GB HBM3"
+
+# Figures as vendor datasheets print them: sparse (2:4) tensor rates, marked with an asterisk there.
+DATASHEET_SPARSE_TFLOPS = {
+    (H100_SXM, "bf16"): 1979.0,
+    (H100_SXM, "tf32"): 989.0,
+    ("NVIDIA H100 PCIe", "fp16"): 1513.0,
+    ("NVIDIA H200", "bf16"): 1979.0,
+    ("NVIDIA A100-SXM4-80GB", "bf16"): 624.0,
+    ("NVIDIA L40S", "bf16"): 733.0,
+    ("NVIDIA L4", "fp16"): 242.0,
+}
+
+
+def test_table_covers_the_names_nvml_reports():
+    for name in (H100_SXM, "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200", "NVIDIA A100-SXM4-80GB",
+                 "NVIDIA A100-SXM4-40GB", "NVIDIA A100-PCIE-40GB", "NVIDIA A100 80GB PCIe", "NVIDIA L40S",
+                 "NVIDIA L4", "NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 5090"):
+        assert name in PEAK_TABLE
+
+
+@pytest.mark.parametrize(("device", "dtype"), list(DATASHEET_SPARSE_TFLOPS))
+def test_table_holds_dense_not_sparse_figures(device, dtype):
+    dense = PEAK_TABLE[device].tflops[dtype]
+    sparse = DATASHEET_SPARSE_TFLOPS[(device, dtype)]
+    # Datasheets round (L40S prints 362.05 dense next to 733 sparse): 2 % tells dense from sparse (x2).
+    assert dense == pytest.approx(sparse / 2, rel=0.02)
+
+
+def test_h100_sxm_bf16_is_the_dense_989():
+    spec = PEAK_TABLE[H100_SXM]
+    assert spec.tflops["bf16"] < 1000
+    assert spec.tflops["bf16"] == spec.tflops["fp16"] == 2 * spec.tflops["tf32"]  # Hopper: TF32 is half rate
+    assert PEAK_TABLE["NVIDIA H200"].tflops == spec.tflops  # same GH100 compute, faster memory
+    assert PEAK_TABLE["NVIDIA H200"].bandwidth_gbps > spec.bandwidth_gbps
+
+
+def test_every_entry_is_complete_and_cited():
+    for name, spec in PEAK_TABLE.items():
+        assert set(spec.tflops) == set(DTYPES), name
+        assert spec.tflops["fp32"] <= spec.tflops["tf32"] < spec.tflops["bf16"], name  # GeForce: TF32 = FP32 rate
+        assert spec.bandwidth_gbps > 100, name
+        assert "https://" in spec.source, name
+
+
+def test_lookup_known_device_and_ridge():
+    peaks = lookup_peaks(H100_SXM, torch.bfloat16)
+    spec = PEAK_TABLE[H100_SXM]
+    assert peaks.dtype == "bf16"
+    assert peaks.peak_tflops == spec.tflops["bf16"]
+    assert peaks.peak_bandwidth_gbps == spec.bandwidth_gbps
+    assert peaks.ridge_flop_per_byte == spec.tflops["bf16"] * 1e12 / (spec.bandwidth_gbps * 1e9)
+    assert "https://" in peaks.source
+    assert lookup_peaks(H100_SXM.lower(), "fp16").name == H100_SXM  # exact name, other case
+
+
+def test_unknown_device_warns_once_and_returns_none():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert lookup_peaks("x86_64", "fp32", {"name": "auto", "peak_tflops": None,
+                                               "peak_bandwidth_gbps": None}) is None
+    assert len(caught) == 1
+    assert "x86_64" in str(caught[0].message) and "hardware.peak_tflops" in str(caught[0].message)
+
+
+def test_config_overrides_win_and_work_on_cpu():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # both figures given: no warning
+        peaks = lookup_peaks("x86_64", "fp32", {"peak_tflops": 1.0, "peak_bandwidth_gbps": 50.0})
+    assert (peaks.peak_tflops, peaks.peak_bandwidth_gbps) == (1.0, 50.0)
+    assert "config" in peaks.source
+    partial = lookup_peaks(H100_SXM, "bf16", {"peak_tflops": 800.0})
+    assert partial.peak_tflops == 800.0
+    assert partial.peak_bandwidth_gbps == PEAK_TABLE[H100_SXM].bandwidth_gbps
+
+
+def test_partial_override_on_unknown_device_warns_once_about_the_missing_figure():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peaks = lookup_peaks("x86_64", "fp32", {"peak_tflops": 2.0})
+    assert peaks.peak_tflops == 2.0 and peaks.peak_bandwidth_gbps is None and peaks.ridge_flop_per_byte is None
+    assert len(caught) == 1 and "peak_bandwidth_gbps" in str(caught[0].message)
+
+
+def test_hardware_name_selects_a_table_entry_and_rejects_unknown_keys():
+    peaks = lookup_peaks("x86_64", "bf16", {"name": "NVIDIA A100-SXM4-80GB"})
+    assert peaks.name == "NVIDIA A100-SXM4-80GB"
+    assert peaks.peak_tflops == PEAK_TABLE["NVIDIA A100-SXM4-80GB"].tflops["bf16"]
+    with pytest.raises(InputError, match="not in the peak table"):
+        lookup_peaks("x86_64", "bf16", {"name": "NVIDIA Z9000"})
+    with pytest.raises(InputError, match="positive"):
+        lookup_peaks(H100_SXM, "bf16", {"peak_tflops": -1})
+    with pytest.raises(InputError, match="no peak column"):
+        lookup_peaks(H100_SXM, "int4")
+
+
+def test_matmul_dtype_follows_torch_fp32_precision():
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert matmul_dtype("fp32") == "fp32"
+        torch.set_float32_matmul_precision("high")
+        assert matmul_dtype(torch.float32) == "tf32"
+        assert matmul_dtype("bf16") == "bf16"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def test_with_calibration_adds_achievable_peaks():
+    measured = {"achievable_tflops": 790.0, "achievable_bandwidth_gbps": 3000.0}
+    peaks = with_calibration(lookup_peaks(H100_SXM, "bf16"), measured)
+    assert peaks.peak_tflops == PEAK_TABLE[H100_SXM].tflops["bf16"]
+    assert peaks.achievable_tflops == 790.0
+    assert peaks.achievable_ridge_flop_per_byte == ridge_point(790.0, 3000.0) == 790.0 * 1e12 / 3000e9
+    only = with_calibration(None, measured, device_name="Some GPU", dtype="bf16")
+    assert isinstance(only, HardwarePeaks) and only.peak_tflops is None and only.achievable_tflops == 790.0
+
+
+def test_calibrate_on_cpu_warns_and_returns_none():
+    with pytest.warns(UserWarning, match="CUDA"):
+        assert calibrate("cpu", "fp32") is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_calibrate_measures_gemm_and_copy_on_cuda():
+    measured = calibrate("cuda", "bf16", gemm_size=4096, copy_bytes=1 << 28, warmup=2, repeats=5)
+    assert measured["achievable_tflops"] == pytest.approx(2 * 4096**3 / (measured["gemm_ms"] * 1e-3) / 1e12)
+    assert measured["achievable_bandwidth_gbps"] == pytest.approx(2 * (1 << 28) / (measured["copy_ms"] * 1e-3) / 1e9)
+    spec = PEAK_TABLE.get(torch.cuda.get_device_name())
+    if spec is not None:  # a measurement can't beat the datasheet by more than noise
+        assert measured["achievable_tflops"] < spec.tflops["bf16"] * 1.05
+        assert measured["achievable_bandwidth_gbps"] < spec.bandwidth_gbps * 1.05
