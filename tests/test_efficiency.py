@@ -165,3 +165,12 @@ def test_copy_config_builds_its_workload():
     assert workload.model.dst.numel() * workload.model.dst.element_size() == 4096
     rows = [r.row for r in iter_timed_samples(workload, new_tokens=1, warmup=0, repeats=1)]
     assert rows[0]["prefill_ms"] > 0
+
+
+def test_analytic_stage_cost_records_are_accepted():
+    from llm_perf_opt.profiling.analytic import StageCost
+
+    cost = StageCost(flops=2e9, bytes_read=3e7, bytes_written=1e7)
+    from_record = stage_efficiency({"prefill": cost}, {"prefill": 1.0}, cpu_peaks())["prefill"]
+    from_mapping = stage_efficiency({"prefill": {"flops": 2e9, "bytes": 4e7}}, {"prefill": 1.0}, cpu_peaks())["prefill"]
+    assert from_record == from_mapping

@@ -52,12 +52,18 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
+def _cost(cost: Any, key: str) -> float:
+    """cost["flops"] of a mapping, or cost.flops of a record such as analytic.StageCost (bytes = read + written)."""
+    value = cost.get(key) if isinstance(cost, Mapping) else getattr(cost, key, None)
+    return float(value or 0.0)
+
+
 def _finite_positive(value: Any) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
 def stage_efficiency(
-    stage_costs: Mapping[str, Mapping[str, float]],
+    stage_costs: Mapping[str, Any],
     stage_time_ms: Mapping[str, float],
     peaks: HardwarePeaks | None,
     busy_share: Mapping[str, float] | None = None,
@@ -65,6 +71,8 @@ def stage_efficiency(
 ) -> dict[str, dict[str, Any]]:
     """Derived metrics per stage (formulas in the module docstring; None = not computable).
 
+    `stage_costs` values are {"flops", "bytes"} mappings or records with `.flops` and `.bytes`
+    (`analytic.StageCost`).
     Stages without a positive, finite time are left out (nothing was measured to divide by).
     """
     result: dict[str, dict[str, Any]] = {}
@@ -72,8 +80,7 @@ def stage_efficiency(
         time_ms = stage_time_ms.get(stage)
         if not _finite_positive(time_ms):
             continue
-        flops = float(cost.get("flops") or 0.0)
-        bytes_moved = float(cost.get("bytes") or 0.0)
+        flops, bytes_moved = _cost(cost, "flops"), _cost(cost, "bytes")
         seconds = time_ms * 1e-3
         tflops = flops / seconds / 1e12
         gbps = bytes_moved / seconds / 1e9

@@ -36,7 +36,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,19 +208,16 @@ def profiled_stage_ms(stage_times: pd.DataFrame, num_inputs: int) -> dict[str, f
     return result
 
 
-def timed_stage_ms(summary: Mapping[str, Mapping[str, float]], stages: list[str] | None = None) -> dict[str, float]:
-    """Mean timed stage times from metrics.json["summary"], keyed like profiled_stage_ms.
+def timed_stage_ms(summary: Mapping[str, Mapping[str, float]], stages: Iterable[str]) -> dict[str, float]:
+    """Mean timed time of each stage (keys as in profiled_stage_ms) from metrics.json["summary"].
 
-    `stages` defaults to every stage whose column the summary has (prefill, sub-stages, groups,
-    decode_step).
+    'prefill' -> summary['prefill_ms'], 'vision/sam' -> summary['vision_sam_ms'], 'vision' ->
+    summary['vision_ms'], 'decode_step' -> summary['decode_step_ms']; stages without a column are left out.
     """
-    if stages is None:
-        stages = [DECODE_STEP, "prefill"]
-        stages += [col[: -len("_ms")] for col in summary if col.startswith("vision") and col.endswith("_ms")]
     result = {}
     for stage in stages:
         column = "decode_step_ms" if stage == DECODE_STEP else stage_column(stage)
-        mean = summary.get(column, {}).get("mean")
+        mean = (summary.get(column) or {}).get("mean")
         if mean is not None and math.isfinite(mean):
             result[stage] = float(mean)
     return result

@@ -63,8 +63,26 @@ def frame_table(md: MdUtils, frame: Any, columns: Sequence[str], digits: int = 3
     table(md, columns, frame[list(columns)].itertuples(index=False), digits)
 
 
+def render(md: MdUtils) -> str:
+    """The document's text with exactly one blank line between blocks (headers, paragraphs, tables, lists).
+
+    mdutils glues a table or header to the paragraph before it; some renderers then read the table as
+    paragraph text.
+    """
+    lines: list[str] = []
+    for line in md.get_md_text().strip("\n").split("\n"):
+        previous = lines[-1] if lines else ""
+        starts_block = line.startswith(("#", "|", "- ")) and not previous.startswith(line[:1])
+        if lines and previous and (starts_block or previous.startswith("#") or
+                                   (previous.startswith(("|", "- ")) and not line.startswith(previous[:1]))):
+            lines.append("")
+        if line or (lines and lines[-1]):
+            lines.append(line)
+    return "\n".join(lines).strip("\n") + "\n"
+
+
 def write_markdown(md: MdUtils, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(md.get_md_text().lstrip("\n").rstrip("\n") + "\n", encoding="utf-8")
+    path.write_text(render(md), encoding="utf-8")
     return path
