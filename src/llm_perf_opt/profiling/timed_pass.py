@@ -98,7 +98,7 @@ def time_one_sample(
     clock.synchronize()
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    wall_start = time.perf_counter()
+    wall_start_ns = time.perf_counter_ns()
     start = clock.mark()
     recorder.enabled = True
     token, cache = prefill(model, convention, prepared.model_inputs)
@@ -116,7 +116,8 @@ def time_one_sample(
     if on_cuda:
         memory["decode_peak_mem_mib"] = _cuda_peak_mib(device)
     clock.synchronize()
-    e2e_ms = (time.perf_counter() - wall_start) * 1e3
+    wall_end_ns = time.perf_counter_ns()
+    e2e_ms = (wall_end_ns - wall_start_ns) / 1e6
 
     prefill_ms = clock.elapsed_ms(start, prefill_end)
     step_ms = []
@@ -154,6 +155,8 @@ def time_one_sample(
         decode_tokens_per_s=len(step_ms) / decode_ms * 1e3 if decode_ms > 0 else float("nan"),
     )
     row.update(memory)
+    # Host timestamps of the synchronised window: the NVML sampler's timeline is cut with them.
+    row.update(wall_start_ns=wall_start_ns, wall_end_ns=wall_end_ns)
     return SampleRecord(row=row, decode_step_ms=step_ms)
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import RunTag
+
 PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
 BATCH = 100  # MLflow's per-request limit for params
 
@@ -74,10 +76,10 @@ class MlflowTracker:
             else:
                 mlflow.set_experiment(self.experiment)
                 run = mlflow.start_run(run_name=run_name)
-            mlflow.set_tags({k: str(v) for k, v in tags.items() if v is not None})
             return run.info.run_id
 
         self.run_id = self._guard("start_run", _start)
+        self.set_tags(tags)
         return self.run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -92,6 +94,16 @@ class MlflowTracker:
                 client.log_batch(self.run_id, params=items[start:start + BATCH])
 
         self._guard("log_params", _log)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        def _set() -> None:
+            import mlflow
+
+            mlflow.MlflowClient(self.uri).log_batch(
+                self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None])
+
+        if tags:
+            self._guard("set_tags", _set)
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         def _log() -> None:
