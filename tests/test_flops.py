@@ -13,10 +13,13 @@ from llm_perf_opt.errors import InputError
 from llm_perf_opt.models import build_workload
 from llm_perf_opt.models.linear_stack import build_linear_stack
 from llm_perf_opt.models.workload import PreparedInput, Workload, resolve_stage_map
+from llm_perf_opt.profiling.analytic import analytic_costs_for_workload
 from llm_perf_opt.profiling.flops import (
     EXTRA_FLOP_FORMULAS,
     count_stage_flops,
+    counting_metrics,
     coverage_warning,
+    efficiency_stage_costs,
     flop_coverage,
     new_flop_counter,
 )
@@ -46,7 +49,8 @@ def test_linear_stack_counts_exactly_and_substages_only_in_prefill():
     tokens, vocab, hidden, layers = 7, 96, 32, 3
     counted = count_stage_flops(_linear_stack_workload(tokens, vocab, hidden, layers), decode_steps=3)
     assert counted.prefill_flops == 2 * tokens * (layers * hidden**2 + hidden * vocab)
-    assert counted.stage_flops == {"body/layers": 2 * tokens * layers * hidden**2, "body/lm_head": 2 * tokens * hidden * vocab}
+    assert counted.stage_flops == {"body/layers": 2 * tokens * layers * hidden**2,
+                                   "body/lm_head": 2 * tokens * hidden * vocab}
     assert counted.stage_calls == {"body/layers": 1, "body/lm_head": 1}  # hooks are off during decode
     # No cache: each decode step feeds the one new token.
     assert counted.decode_step_flops == [2 * (layers * hidden**2 + hidden * vocab)] * 3
@@ -92,7 +96,8 @@ def test_extra_formulas_only_fill_gaps_in_torch_registry():
     from torch.utils import flop_counter
 
     assert EXTRA_FLOP_FORMULAS, "torch lacks grouped_mm/CPU SDPA formulas here; nothing to add is suspicious"
-    assert not set(EXTRA_FLOP_FORMULAS) & set(flop_counter.flop_registry)
+    replaced = set(EXTRA_FLOP_FORMULAS) & set(flop_counter.flop_registry)
+    assert all("scaled_dot_product" in str(op) for op in replaced)  # only torch's non-GQA SDPA formulas
     # Plain torch misses CPU SDPA; ours counts it like CUDA SDPA: 4 * b * h * s_q * s_k * d.
     q = torch.randn(2, 3, 5, 8)
     k = torch.randn(2, 3, 7, 8)
@@ -102,6 +107,17 @@ def test_extra_formulas_only_fill_gaps_in_torch_registry():
         torch.nn.functional.scaled_dot_product_attention(q, k, k)
     assert plain.get_total_flops() == 0
     assert ours.get_total_flops() == 4 * 2 * 3 * 5 * 7 * 8
+
+
+def test_sdpa_formula_is_gqa_aware():
+    from llm_perf_opt.profiling.flops import _sdpa_flop
+
+    # 8 query heads sharing 2 K/V heads: the products run over all 8 query heads.
+    assert _sdpa_flop((2, 8, 5, 16), (2, 2, 7, 16), (2, 2, 7, 16)) == 4 * 2 * 8 * 5 * 7 * 16
+    q, kv = torch.randn(1, 8, 5, 16), torch.randn(1, 2, 7, 16)
+    with new_flop_counter() as counter:
+        torch.nn.functional.scaled_dot_product_attention(q, kv, kv, enable_gqa=True)
+    assert counter.get_total_flops() == 4 * 8 * 5 * 7 * 16
 
 
 def test_grouped_mm_formula_counts_routed_rows():
@@ -171,3 +187,49 @@ def test_flop_coverage_falls_back_to_cpu_time():
     assert flop_coverage(frame) == {"prefill": pytest.approx(4 / 10)}
     with pytest.raises(ValueError):
         flop_coverage(frame.drop(columns=["self_cpu_ms"]))
+
+
+def test_efficiency_stage_costs_take_measured_flops_and_analytic_bytes(deepseek_global768, caplog):
+    counted = count_stage_flops(deepseek_global768, decode_steps=2)
+    analytic = analytic_costs_for_workload(deepseek_global768, 0, new_tokens=4)
+    stages = efficiency_stage_costs(counted, analytic)
+    assert set(stages) == {"prefill", "decode", "vision/sam", "vision/encoder", "vision/projector"}
+    assert stages["prefill"] == {"flops": counted.prefill_flops, "bytes": analytic["prefill"].bytes}
+    assert stages["vision/sam"]["flops"] == counted.stage_flops["vision/sam"]
+    # decode is one step (the mean), never all steps.
+    assert stages["decode"] == {"flops": counted.decode_step_mean_flops, "bytes": analytic["decode_step_mean"].bytes}
+    assert not [r for r in caplog.records if "analytic" in r.getMessage()]  # they agree: no warning
+    metrics = counting_metrics(stages, counted, analytic)
+    assert metrics["prefill/flops"] == counted.prefill_flops
+    assert metrics["vision/sam_bytes"] == analytic["vision/sam"].bytes
+    assert metrics["decode/step_flops"] == counted.decode_step_mean_flops
+    for stage in ("prefill/", "vision/sam_", "vision/encoder_", "vision/projector_", "decode/step_"):
+        assert metrics[f"{stage}flops_measured_over_analytic"] == pytest.approx(1.0, rel=0.05)
+
+
+def test_efficiency_stage_costs_without_an_analytic_model_have_no_bytes(caplog):
+    counted = count_stage_flops(_linear_stack_workload(5), decode_steps=1)
+    stages = efficiency_stage_costs(counted, None)
+    assert stages["prefill"] == {"flops": counted.prefill_flops}
+    assert "bytes" not in stages["decode"]
+    # A disagreement beyond 5% is reported once per stage.
+    from llm_perf_opt.profiling.analytic import StageCost
+
+    efficiency_stage_costs(counted, {"prefill": StageCost(counted.prefill_flops * 2, 1.0)})
+    assert any("prefill" in r.getMessage() and "analytic" in r.getMessage() for r in caplog.records)
+
+
+def test_torch_sdpa_formulas_without_gqa_are_replaced(monkeypatch):
+    """torch < 2.12 asserts equal heads in its SDPA formula; we then count CUDA SDPA ourselves."""
+    from torch.utils import flop_counter
+
+    from llm_perf_opt.profiling import flops
+
+    def equal_heads_only(query_shape, key_shape, value_shape):
+        assert query_shape[1] == key_shape[1]
+        return 0
+
+    monkeypatch.setattr(flop_counter, "sdpa_flop_count", equal_heads_only)
+    extra = flops._extra_formulas()
+    assert extra[torch.ops.aten._scaled_dot_product_flash_attention] is flops._sdpa_flop
+    assert extra[torch.ops.aten._scaled_dot_product_efficient_attention] is flops._sdpa_flop

@@ -6,10 +6,11 @@ started keeps every sample measured so far, writes error.txt, and ends the MLflo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ from tqdm import tqdm
 
 from llm_perf_opt.data import load_pages
 from llm_perf_opt.models import build_workload
+from llm_perf_opt.profiling.efficiency import bound_tags, efficiency_metrics, stage_efficiency, stage_times_from_summary
+from llm_perf_opt.profiling.energy import NvmlSampler, energy_per_stage
 from llm_perf_opt.profiling.environment import capture_environment
+from llm_perf_opt.profiling.hardware import calibrate, lookup_peaks, matmul_dtype, with_calibration
 from llm_perf_opt.profiling.summary_stats import flatten_metrics, summarize
 from llm_perf_opt.profiling.timed_pass import SampleRecord, iter_timed_samples, stage_column
 from llm_perf_opt.sinks.run_directory import RunDirectory
@@ -79,6 +83,50 @@ def _stage_table(summary: dict[str, dict], stages: list[str]) -> dict[str, dict]
     return table
 
 
+def _mean_costs(per_input: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Average {stage: {flops, bytes}} over inputs (each input is timed equally often); a key missing
+    for any input stays missing rather than averaged over fewer inputs."""
+    merged: dict[str, dict[str, float]] = {}
+    for stage in per_input[0]:
+        keys = set.intersection(*(set(costs.get(stage, {})) for costs in per_input))
+        merged[stage] = {key: sum(costs[stage][key] for costs in per_input) / len(per_input) for key in sorted(keys)}
+    return merged
+
+
+def counted_pass(workload: Any, prof: DictConfig, out: RunDirectory) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """FLOPs measured with FlopCounterMode and bytes from the analytic model, per stage, averaged over
+    the inputs; plus a whole-sample "model" stage (prefill + every decode step). Writes counts.json."""
+    from llm_perf_opt.profiling.analytic import UnsupportedArchitecture, analytic_costs_for_workload
+    from llm_perf_opt.profiling.flops import count_stage_flops, counting_metrics, efficiency_stage_costs
+
+    new_tokens = int(prof.new_tokens)
+    per_input, records, first = [], [], None
+    for index in range(len(workload.inputs)):
+        counted = count_stage_flops(workload, input_index=index, decode_steps=int(prof.counting.decode_steps))
+        try:
+            analytic = analytic_costs_for_workload(workload, index, new_tokens=new_tokens)
+        except UnsupportedArchitecture as exc:
+            if index == 0:
+                log.warning("no analytic byte model for this workload (%s): FLOPs measured, bytes and MBU absent", exc)
+            analytic = None
+        first = first or (counted, analytic)
+        per_input.append(efficiency_stage_costs(counted, analytic))
+        records.append({"input_id": workload.inputs[index].input_id, "counted": counted.as_record(),
+                        "analytic": {stage: asdict(cost) for stage, cost in (analytic or {}).items()}})
+    stage_costs = _mean_costs(per_input)
+    # Group totals ("vision" = its disjoint sub-stages), nested within prefill like their parts.
+    for group in {stage.split("/")[0] for stage in stage_costs if "/" in stage}:
+        parts = [costs for stage, costs in stage_costs.items() if stage.startswith(group + "/")]
+        keys = set.intersection(*(set(part) for part in parts))
+        stage_costs[group] = {key: sum(part[key] for part in parts) for key in sorted(keys)}
+    if "decode" in stage_costs and "prefill" in stage_costs:
+        steps = max(new_tokens - 1, 0)
+        stage_costs["model"] = {key: stage_costs["prefill"][key] + steps * stage_costs["decode"][key]
+                                for key in stage_costs["prefill"] if key in stage_costs["decode"]}
+    out.write_json("counts.json", {"per_input": records, "stage_costs": stage_costs})
+    return stage_costs, counting_metrics(stage_costs, *first)
+
+
 def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
     """Profile the configured workload. Raises InputError for bad input before anything is measured."""
     from llm_perf_opt.models.workload import resolve_device
@@ -95,6 +143,11 @@ def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
     out.write_text("config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     env = capture_environment(device, PROJECT_ROOT, workload.info)
     out.write_json("env.json", env)
+    # Peaks for MFU/MBU: the table by the reported device name, or config overrides; else one warning.
+    peak_dtype = matmul_dtype(workload.info["dtype"])
+    peaks = lookup_peaks(env["device_name"], peak_dtype, cfg.hardware)
+    if cfg.hardware.calibrate:
+        peaks = with_calibration(peaks, calibrate(device, peak_dtype), env["device_name"], peak_dtype)
     prof = cfg.profiling
     workload_record = {
         **workload.info,
@@ -128,11 +181,17 @@ def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
     records: list[SampleRecord] = []
     status, error = "FINISHED", None
     total = int(prof.warmup) + int(prof.repeats) * len(workload.inputs)
+    sampler = (NvmlSampler(env.get("device_index", 0), float(prof.energy.interval_ms))
+               if bool(prof.energy.enabled) and device.type == "cuda" else None)
+    stage_costs: dict[str, dict[str, float]] = {}
+    count_metrics: dict[str, float] = {}
     try:
-        with _progress(prof.progress, total) as bar:
+        with sampler or contextlib.nullcontext(), _progress(prof.progress, total) as bar:
             for record in iter_timed_samples(workload, int(prof.new_tokens), int(prof.warmup), int(prof.repeats),
                                              bool(prof.stop_at_eos), bar):
                 records.append(record)
+        if bool(prof.counting.enabled):
+            stage_costs, count_metrics = counted_pass(workload, prof, out)
     except (Exception, KeyboardInterrupt) as exc:
         status = "FAILED"
         error = f"{type(exc).__name__}: {exc}"
@@ -145,6 +204,24 @@ def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
     summary = summarize(samples, steps, stages) if len(samples) else {}
     metrics = flatten_metrics(summary, stages)
     metrics["samples/count"] = float(len(samples))
+    metrics.update(count_metrics)
+
+    energy_record = None
+    if sampler is not None and sampler.available and len(samples):
+        out.write_csv("nvml_timeline.csv", sampler.timeline)
+        energy = energy_per_stage(sampler.timeline, samples)
+        metrics.update(energy.metrics)
+        energy_record = energy.as_record()
+        if len(energy.per_sample):
+            out.write_csv("energy_samples.csv", energy.per_sample)
+
+    efficiency = stage_efficiency(stage_costs, stage_times_from_summary(summary, list(stage_costs)), peaks,
+                                  None, float(cfg.hardware.launch_busy_share)) if stage_costs else {}
+    metrics.update(efficiency_metrics(efficiency))
+    if efficiency and peaks is not None:
+        from llm_perf_opt.profiling.roofline import plot_roofline
+
+        plot_roofline(efficiency, peaks, out.file("roofline.png"), device_name=env.get("device_name"))
     out.write_json("metrics.json", {
         "schema_version": SCHEMA_VERSION,
         "status": status,
@@ -155,10 +232,15 @@ def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
         "env": env,
         "stages": _stage_table(summary, stages),
         "summary": summary,
+        "hardware": peaks.as_record() if peaks else None,
+        "stage_costs": stage_costs,
+        "efficiency": efficiency,
+        "energy": energy_record,
         "metrics": metrics,
     })
 
     tracker.log_metrics(metrics)
+    tracker.set_tags(bound_tags(efficiency))
     if tracker.errors:
         out.write_text("tracking_error.txt", "\n".join(tracker.errors) + "\n")
     tracker.log_artifacts(out.path)

@@ -32,7 +32,7 @@ Bytes (for MBU), with `dtype_bytes` per weight element (DeepSeek routers stay fp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -172,7 +172,10 @@ def encoder_cost(enc, patches: int, queries: int, views: int, dtype_bytes: int, 
     h, d = enc.hidden_size, getattr(enc, "head_dim", None) or enc.hidden_size // enc.num_attention_heads
     heads, kv_heads = enc.num_attention_heads, enc.num_key_value_heads
     tokens = patches + queries
-    pairs = tokens * tokens if attention == "dense" else patches * patches + queries * patches + queries * (queries + 1) / 2
+    if attention == "dense":
+        pairs = tokens * tokens
+    else:  # patches see all patches; query i sees all patches and queries 0..i
+        pairs = patches * patches + queries * patches + queries * (queries + 1) / 2
     per_layer = 2 * tokens * h * (2 * heads * d + 2 * kv_heads * d)  # q, k, v, o
     per_layer += 4 * heads * d * pairs
     per_layer += 6 * tokens * h * enc.intermediate_size  # gate, up, down
@@ -205,7 +208,6 @@ class DecoderSpec:
     qk_norm: bool = False  # Qwen3: RMSNorm over each head's q and k (parameters only, no FLOPs)
     tied_embeddings: bool = False
     router_bytes: int | None = None  # bytes per router weight when it is kept in another dtype
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def sparse_layers(self) -> int:
         return sum(kind == "sparse" for kind in self.mlp_kinds)
@@ -325,7 +327,8 @@ def decoder_pass_cost(spec: DecoderSpec, tokens: int, past: int, logit_positions
         flops += 2 * tokens * h * spec.experts  # router logits
         flops += 6 * tokens * spec.experts_per_token * h * spec.expert_intermediate
         weight_bytes += spec.experts * h * router_bytes
-        weight_bytes += distinct_experts(spec.experts, spec.experts_per_token, tokens) * spec.expert_parameters() * dtype_bytes
+        touched = distinct_experts(spec.experts, spec.experts_per_token, tokens)
+        weight_bytes += touched * spec.expert_parameters() * dtype_bytes
         if spec.shared_intermediate:
             flops += 6 * tokens * h * spec.shared_intermediate
             weight_bytes += spec.dense_mlp_parameters(spec.shared_intermediate) * dtype_bytes
@@ -416,7 +419,8 @@ def deepseek_ocr2_costs(config, *, prompt_tokens: int, new_tokens: int, dtype_by
 # --- LinearStack ----------------------------------------------------------------------------------
 
 
-def linear_stack_costs(model: nn.Module, *, prompt_tokens: int, new_tokens: int, dtype_bytes: int) -> dict[str, StageCost]:
+def linear_stack_costs(model: nn.Module, *, prompt_tokens: int, new_tokens: int,
+                       dtype_bytes: int) -> dict[str, StageCost]:
     """Exact: FLOPs = 2 * T * (L * h^2 + h * V) for T tokens; logits for every position, no cache.
 
     Sub-stages follow build_linear_stack's stage map: body/layers (2*T*L*h^2), body/lm_head (2*T*h*V).
@@ -432,7 +436,8 @@ def linear_stack_costs(model: nn.Module, *, prompt_tokens: int, new_tokens: int,
         return {"body/layers": body, "body/lm_head": head, "total": body + head + embed}
 
     prefill = one_pass(prompt_tokens)
-    stages = {"prefill": prefill["total"], "body/layers": prefill["body/layers"], "body/lm_head": prefill["body/lm_head"]}
+    stages = {"prefill": prefill["total"], "body/layers": prefill["body/layers"],
+              "body/lm_head": prefill["body/lm_head"]}
     stages.update(_decode_stages([one_pass(1)["total"] for _ in range(new_tokens - 1)]))
     return stages
 
@@ -465,7 +470,8 @@ def analytic_costs(
     model = source if isinstance(source, nn.Module) else getattr(source, "model", None)  # a Workload has .model
     if isinstance(model, nn.Module):
         if isinstance(model, LinearStack):
-            return linear_stack_costs(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, dtype_bytes=dtype_bytes)
+            return linear_stack_costs(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                                      dtype_bytes=dtype_bytes)
         config = getattr(model, "config", None)
         if config is None:
             raise UnsupportedArchitecture(f"{type(model).__name__} has no transformers config to derive costs from")
@@ -473,7 +479,8 @@ def analytic_costs(
         return deepseek_ocr2_costs(config, prompt_tokens=prompt_tokens, new_tokens=new_tokens, dtype_bytes=dtype_bytes,
                                    views=views, attention=attention)
     if hasattr(config, "text_config") and getattr(config, "vision_config", None) is not None:
-        raise UnsupportedArchitecture(f"{config.model_type}: only DeepSeek-OCR-2 is modelled among vision-language models")
+        raise UnsupportedArchitecture(
+            f"{config.model_type}: only DeepSeek-OCR-2 is modelled among vision-language models")
     return decoder_costs(config, prompt_tokens=prompt_tokens, new_tokens=new_tokens, dtype_bytes=dtype_bytes,
                          attention=attention)
 

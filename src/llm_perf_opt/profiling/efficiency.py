@@ -52,10 +52,13 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def _cost(cost: Any, key: str) -> float:
-    """cost["flops"] of a mapping, or cost.flops of a record such as analytic.StageCost (bytes = read + written)."""
+def _cost(cost: Any, key: str) -> float | None:
+    """cost["flops"] of a mapping, or cost.flops of a record such as analytic.StageCost (bytes = read + written).
+
+    None when the cost is not known (e.g. no analytic byte model): the derived metrics are then absent,
+    never computed from a zero."""
     value = cost.get(key) if isinstance(cost, Mapping) else getattr(cost, key, None)
-    return float(value or 0.0)
+    return None if value is None else float(value)
 
 
 def _finite_positive(value: Any) -> bool:
@@ -82,9 +85,9 @@ def stage_efficiency(
             continue
         flops, bytes_moved = _cost(cost, "flops"), _cost(cost, "bytes")
         seconds = time_ms * 1e-3
-        tflops = flops / seconds / 1e12
-        gbps = bytes_moved / seconds / 1e9
-        intensity = flops / bytes_moved if bytes_moved > 0 else None
+        tflops = None if flops is None else flops / seconds / 1e12
+        gbps = None if bytes_moved is None else bytes_moved / seconds / 1e9
+        intensity = flops / bytes_moved if flops is not None and bytes_moved else None
         peak_tflops = peaks.peak_tflops if peaks else None
         peak_gbps = peaks.peak_bandwidth_gbps if peaks else None
         ridge = peaks.ridge_flop_per_byte if peaks else None
@@ -106,7 +109,9 @@ def stage_efficiency(
             "ridge_flop_per_byte": ridge,
             "attainable_tflops": attainable,
             "busy_share": None if share is None else float(share),
-            "bound": bound_verdict(intensity, ridge, share, launch_busy_share, flops),
+            # Unknown bytes say nothing about memory vs compute: only the busy share can decide then.
+            "bound": (bound_verdict(intensity, ridge, share, launch_busy_share, flops or 0.0)
+                      if bytes_moved is not None else bound_verdict(None, None, share, launch_busy_share)),
         }
     return result
 

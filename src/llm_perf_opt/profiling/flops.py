@@ -16,6 +16,8 @@ where torch has none, so a later torch's own formula wins):
   aten._scaled_dot_product_fused_attention_overrideable: the SDPA formula torch uses on CUDA,
   4 * batch * heads_q * q_len * k_len * head_dim (full rectangle; causal/mask ignored).
 - transformers::grouped_mm_fallback (transformers' own grouped-mm op), like aten._grouped_mm.
+- On torch < 2.12 the CUDA SDPA formulas reject GQA shapes (they assert equal heads); there the
+  three aten._scaled_dot_product_{flash,efficient,cudnn}_attention get our GQA-aware formula.
 
 `flop_coverage` says how much of the profiled time the counts cannot see (operators without a
 formula: copies, elementwise, norms, softmax, ...), per stage.
@@ -23,6 +25,7 @@ formula: copies, elementwise, norms, softmax, ...), per stage.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,9 +37,11 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from llm_perf_opt.errors import InputError
+from llm_perf_opt.profiling.analytic import StageCost
 from llm_perf_opt.profiling.generation import decode_one_token, prefill
 
 aten = torch.ops.aten
+log = logging.getLogger(__name__)
 
 
 def _grouped_mm_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
@@ -50,35 +55,55 @@ def _grouped_mm_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
 
 
 def _sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+    """QK^T and PV over the full rectangle; GQA-aware (K/V heads broadcast to the query heads)."""
+    batch, heads_q, q_len, head_dim = query_shape
+    k_len, v_dim = key_shape[-2], value_shape[-1]
+    return 2 * batch * heads_q * q_len * k_len * head_dim + 2 * batch * heads_q * q_len * k_len * v_dim
+
+
+_TORCH_SDPA_OPS = ("_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
+                   "_scaled_dot_product_cudnn_attention")
+
+
+def _torch_sdpa_formula_handles_gqa() -> bool:
+    # torch < 2.12 asserts equal query and key/value heads, so counting a GQA model through SDPA
+    # (transformers passes enable_gqa=True on CUDA) raises inside the counter.
+    try:
+        flop_counter.sdpa_flop_count((1, 2, 1, 1), (1, 1, 1, 1), (1, 1, 1, 1))
+    except AssertionError:
+        return False
+    return True
 
 
 def _extra_formulas() -> dict[Any, Callable]:
-    candidates: dict[Any, Callable] = {
-        aten._grouped_mm: _grouped_mm_flop,
-        aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flop,
-    }
-    if hasattr(aten, "_scaled_dot_product_fused_attention_overrideable"):
-        candidates[aten._scaled_dot_product_fused_attention_overrideable] = _sdpa_flop
+    by_name = {"_grouped_mm": _grouped_mm_flop, "_scaled_dot_product_flash_attention_for_cpu": _sdpa_flop,
+               "_scaled_dot_product_fused_attention_overrideable": _sdpa_flop}
+    replace = set()
+    if not _torch_sdpa_formula_handles_gqa():
+        by_name.update({name: _sdpa_flop for name in _TORCH_SDPA_OPS})
+        replace = {getattr(aten, name) for name in _TORCH_SDPA_OPS if hasattr(aten, name)}
+    # Older torch builds lack some of these ops: only those that exist get a formula.
+    candidates: dict[Any, Callable] = {getattr(aten, name): f for name, f in by_name.items() if hasattr(aten, name)}
     try:  # registers torch.ops.transformers.grouped_mm_fallback when this transformers has it
         import transformers.integrations.moe  # noqa: F401
 
         candidates[torch.ops.transformers.grouped_mm_fallback] = _grouped_mm_flop
     except (ImportError, AttributeError):
         pass
-    return {op: formula for op, formula in candidates.items() if op not in flop_counter.flop_registry}
+    return {op: formula for op, formula in candidates.items() if op not in flop_counter.flop_registry or op in replace}
 
 
 EXTRA_FLOP_FORMULAS: dict[Any, Callable] = _extra_formulas()
 
 # Operators with no formula of their own whose FLOPs are nevertheless counted: composite ops that
-# dispatch to a counted op (linear -> addmm/mm, conv2d -> convolution, ...), and backend kernels
-# that run *under* a counted op (CPU convolution's mkldnn kernel): their self time is covered work.
+# dispatch to a counted op (linear -> addmm/mm, conv2d -> convolution, ...), and backend ops that
+# run *under* a counted op and hold its kernels' self time (CPU convolution's mkldnn kernel, cuDNN
+# attention's forward under aten::_scaled_dot_product_cudnn_attention): their time is counted work.
 COVERED_WITHOUT_FORMULA = frozenset({
     "aten::linear", "aten::matmul", "aten::einsum", "aten::conv1d", "aten::conv2d", "aten::conv3d",
     "aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d",
     "aten::scaled_dot_product_attention", "aten::mkldnn_convolution", "aten::_nnpack_spatial_convolution",
-    "aten::miopen_convolution", "aten::grouped_mm",
+    "aten::miopen_convolution", "aten::grouped_mm", "aten::_cudnn_attention_forward",
 })
 
 
@@ -231,7 +256,9 @@ def count_stage_flops(workload, *, input_index: int = 0, decode_steps: int = 2) 
 def flop_coverage(operators: pd.DataFrame) -> dict[str, float]:
     """Share of each stage's profiled time spent in operators without a FLOP formula (0..1).
 
-    Time is self_device_ms when that column sums to > 0 (a GPU run), else self_cpu_ms. Operators
+    One row per (stage, operator) is expected, without CUDA-kernel rows (their time is already the
+    self device time of the operator that launched them). Time is self_device_ms when that column
+    sums to > 0 (a GPU run), else self_cpu_ms. Operators
     "with a formula" are those in FlopCounterMode's registry plus EXTRA_FLOP_FORMULAS, matched by
     profiler name ("aten::mm"), and COVERED_WITHOUT_FORMULA; everything else (copies, cat, views,
     elementwise, norms, softmax, ...) is time the FLOP counts do not explain. Stages with no time
@@ -257,3 +284,76 @@ def coverage_warning(coverage: dict[str, float], threshold: float = 0.5) -> str 
     listed = ", ".join(f"{stage} {share:.0%}" for stage, share in sorted(over.items(), key=lambda kv: -kv[1]))
     return (f"FLOP counts cover little of the time in {listed} (share of time in operators without a FLOP "
             f"formula, above {threshold:.0%}): MFU there reflects memory-bound or unmodelled work, not idle compute")
+
+
+# --- what the efficiency metrics take -------------------------------------------------------------
+
+AGREEMENT_TOLERANCE = 0.05
+
+
+def efficiency_stage_costs(counted: CountedFlops | None,
+                           analytic: dict[str, StageCost] | None) -> dict[str, dict[str, float]]:
+    """{stage: {"flops": ..., "bytes": ...}} for "prefill", "decode" (one step, mean) and the sub-stages.
+
+    FLOPs: measured by the counted pass where it ran (what really executed, for any model), else
+    analytic. Bytes: analytic only (the counter sees no bytes); a stage without an analytic model has
+    no "bytes" key rather than a made-up one. The measured decode mean covers the counted steps, the
+    analytic one the timed steps: they differ only by attention over a few more positions. A measured
+    and analytic FLOP count more than 5% apart gives one warning.
+    """
+    measured: dict[str, float] = {}
+    if counted is not None:
+        measured["prefill"] = counted.prefill_flops
+        measured.update(counted.stage_flops)
+        if counted.decode_step_mean_flops is not None:
+            measured["decode"] = counted.decode_step_mean_flops
+    modelled: dict[str, StageCost] = {}
+    if analytic is not None:
+        modelled = {stage: cost for stage, cost in analytic.items() if not stage.startswith("decode")}
+        if "decode_step_mean" in analytic:
+            modelled["decode"] = analytic["decode_step_mean"]
+    stages: dict[str, dict[str, float]] = {}
+    for stage in list(dict.fromkeys([*measured, *modelled])):
+        entry: dict[str, float] = {}
+        if stage in measured:
+            entry["flops"] = float(measured[stage])
+        elif stage in modelled:
+            entry["flops"] = float(modelled[stage].flops)
+        if stage in modelled:
+            entry["bytes"] = float(modelled[stage].bytes)
+            expected = modelled[stage].flops
+            if stage in measured and expected > 0 and abs(measured[stage] / expected - 1) > AGREEMENT_TOLERANCE:
+                log.warning("stage %s: measured FLOPs %.4g vs analytic %.4g (%+.1f%%): the analytic model misses "
+                            "part of this model (see docs/flops.md)", stage, measured[stage], expected,
+                            100 * (measured[stage] / expected - 1))
+        stages[stage] = entry
+    return stages
+
+
+def _metric_prefix(stage: str) -> str:
+    """'prefill' -> 'prefill/', 'vision/sam' -> 'vision/sam_', 'decode' -> 'decode/step_' (per step)."""
+    if stage == "decode":
+        return "decode/step_"
+    return f"{stage}_" if "/" in stage else f"{stage}/"
+
+
+def counting_metrics(stage_costs: dict[str, dict[str, float]], counted: CountedFlops | None = None,
+                     analytic: dict[str, StageCost] | None = None) -> dict[str, float]:
+    """Flat MLflow metrics: prefill/flops, vision/sam_bytes, decode/step_flops, ..., and the
+    measured/analytic FLOP ratio per stage where both exist (prefill/flops_measured_over_analytic)."""
+    metrics: dict[str, float] = {}
+    for stage, entry in stage_costs.items():
+        for key, value in entry.items():
+            metrics[f"{_metric_prefix(stage)}{key}"] = value
+    if counted is not None and analytic is not None:
+        pairs = {"prefill": (counted.prefill_flops, analytic.get("prefill"))}
+        pairs.update({stage: (flops, analytic.get(stage)) for stage, flops in counted.stage_flops.items()})
+        # Decode: the steps both cover (the counted pass may count fewer or more than were timed).
+        both = [(flops, analytic[f"decode_step_{i}"].flops) for i, flops in enumerate(counted.decode_step_flops, 1)
+                if f"decode_step_{i}" in analytic]
+        if both:
+            pairs["decode"] = (sum(m for m, _ in both) / len(both), StageCost(sum(a for _, a in both) / len(both)))
+        for stage, (flops, cost) in pairs.items():
+            if cost is not None and cost.flops > 0:
+                metrics[f"{_metric_prefix(stage)}flops_measured_over_analytic"] = flops / cost.flops
+    return metrics
