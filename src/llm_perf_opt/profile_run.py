@@ -25,6 +25,8 @@ from llm_perf_opt.profiling.efficiency import bound_tags, efficiency_metrics, st
 from llm_perf_opt.profiling.energy import NvmlSampler, energy_per_stage
 from llm_perf_opt.profiling.environment import capture_environment
 from llm_perf_opt.profiling.hardware import calibrate, lookup_peaks, matmul_dtype, with_calibration
+from llm_perf_opt.profiling.profiled_pass import metrics_for_run, run_profiled_pass
+from llm_perf_opt.reports import write_reports
 from llm_perf_opt.profiling.summary_stats import flatten_metrics, summarize
 from llm_perf_opt.profiling.timed_pass import SampleRecord, iter_timed_samples, stage_column
 from llm_perf_opt.sinks.run_directory import RunDirectory
@@ -215,8 +217,24 @@ def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
         if len(energy.per_sample):
             out.write_csv("energy_samples.csv", energy.per_sample)
 
+    # The profiled pass (torch.profiler) runs after the timed and counted passes, never inside them.
+    profiled, profiled_entries = None, {}
+    ops_cfg = prof.operators
+    if bool(ops_cfg.enabled) and status == "FINISHED":
+        try:
+            profiled = run_profiled_pass(workload, num_inputs=int(ops_cfg.inputs),
+                                         decode_steps=int(ops_cfg.decode_steps), run_dir=out.path,
+                                         record_shapes=bool(ops_cfg.record_shapes), top_n=int(ops_cfg.top_n))
+            overhead, profiled_entries = metrics_for_run(profiled, summary, int(ops_cfg.top_n))
+            metrics.update(overhead)
+        except Exception as exc:
+            status, error = "FAILED", f"{type(exc).__name__}: {exc}"
+            out.write_text("error.txt", f"{error}\n\n{traceback.format_exc()}")
+            log.error("profiled pass failed: %s", error)
+
     efficiency = stage_efficiency(stage_costs, stage_times_from_summary(summary, list(stage_costs)), peaks,
-                                  None, float(cfg.hardware.launch_busy_share)) if stage_costs else {}
+                                  profiled.busy_share if profiled else None,
+                                  float(cfg.hardware.launch_busy_share)) if stage_costs else {}
     metrics.update(efficiency_metrics(efficiency))
     if efficiency and peaks is not None:
         from llm_perf_opt.profiling.roofline import plot_roofline
@@ -236,8 +254,15 @@ def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
         "stage_costs": stage_costs,
         "efficiency": efficiency,
         "energy": energy_record,
+        **profiled_entries,
         "metrics": metrics,
     })
+    try:
+        write_reports(out.path)
+    except Exception as exc:  # measurements are on disk already; the run still says it is incomplete
+        status, error = "FAILED", f"report: {type(exc).__name__}: {exc}"
+        out.write_text("error.txt", f"{error}\n\n{traceback.format_exc()}")
+        log.error("writing report.md / stakeholder_summary.md failed: %s", exc)
 
     tracker.log_metrics(metrics)
     tracker.set_tags(bound_tags(efficiency))

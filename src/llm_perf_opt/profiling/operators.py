@@ -30,11 +30,14 @@ trace_postprocess_1m.py). Units: *_ms columns are milliseconds, *_bytes are byte
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +57,8 @@ OPERATOR_COLUMNS = ["stage", "name", "calls", "self_cpu_ms", "total_cpu_ms", "se
                     "total_time_ms", "mean_time_ms", "self_cpu_memory_bytes", "self_device_memory_bytes"]
 KERNEL_COLUMNS = ["stage", "name", "calls", "device_ms", "mean_device_ms"]
 STAGE_TIME_COLUMNS = ["stage", "ranges", "cpu_ms", "device_span_ms", "profiled_ms", "operator_self_cpu_ms",
-                      "other_self_cpu_ms", "substage_cpu_ms", "host_gap_ms", "device_ms"]
+                      "other_self_cpu_ms", "substage_cpu_ms", "host_gap_ms", "device_ms", "device_busy_ms",
+                      "busy_share"]
 _NS_PER_MS = 1e6
 
 
@@ -62,11 +66,13 @@ _NS_PER_MS = 1e6
 class TraceAttribution:
     """Every host and device event of a trace with its stage, parent and self time.
 
-    host: one row per host interval or memory point (cat, name, tid, start_ns, dur_ns, parent, depth,
-      self_ns, stage, total_device_ns, self_device_ns, bytes); `parent` is a row position or -1.
-    device: one row per device activity (cat, name, start_ns, dur_ns, launch, stage).
-    stage_ranges: one row per `stage:` range instance (stage, start_ns, end_ns, cpu_ms, device_span_ms,
-      host_gap_ms, parent_stage).
+    host: one row per host interval or memory point (cat, name, thread, start_ns, dur_ns, bytes,
+      device_type, correlation, parent, depth, self_ns, stage, total_device_ns, self_device_ns);
+      `parent` is a row position or -1, `thread` a code for the (pid, tid) pair.
+    device: one row per device activity (cat, name, thread, start_ns, dur_ns, correlation, launch,
+      stage); `launch` is the host row of the launching runtime call or -1.
+    stage_ranges: one row per `stage:` range instance (row, stage, start_ns, end_ns, stage_depth,
+      parent_stage, cpu_ms, host_gap_ms, device_span_ms).
     """
 
     host: pd.DataFrame
@@ -78,11 +84,27 @@ class TraceAttribution:
     misnested_events: int
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while millions of acyclic objects (tuples, dicts) are built.
+
+    Each collection of the oldest generation walks every live object, the trace's million dicts
+    included; the objects built here hold no cycles, so the pauses are pure cost (about 40% of the time).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_trace(path: str | Path) -> dict[str, Any]:
     """A Chrome trace as a dict; `.gz` files are decompressed (the profiled pass writes trace.json.gz)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
+    with opener(path, "rt", encoding="utf-8") as handle, _gc_paused():
         return json.load(handle)
 
 
@@ -130,56 +152,90 @@ def _direct_parents(group: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray)
     return parent, depth_out, misnested
 
 
-def _extract(events: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Host (intervals + memory points) and device events as columns; one list pass per field."""
-    cats = pd.Series([e.get("cat") for e in events], dtype=object)
-    cat_codes, cat_names = pd.factorize(cats)
-    cat_index = {name: code for code, name in enumerate(cat_names)}
+def _columns(picked: tuple[dict, ...] | list[dict], keys: tuple[str, ...]) -> list[tuple]:
+    """Values of `keys` for each event, as one tuple per key (C-speed itemgetter; .get when keys are missing)."""
+    if not picked:
+        return [() for _ in keys]
+    try:
+        rows = list(map(itemgetter(*keys), picked))
+    except KeyError:
+        rows = [tuple(e.get(k) for k in keys) for e in picked]
+    return list(zip(*rows)) if len(keys) > 1 else [tuple(rows)]
 
-    def positions(categories: Iterable[str]) -> np.ndarray:
-        codes = [cat_index[c] for c in categories if c in cat_index]
+
+def _pick(events: list[dict], positions: np.ndarray) -> tuple[dict, ...]:
+    if len(positions) == 0:
+        return ()
+    if len(positions) == 1:
+        return (events[int(positions[0])],)
+    return itemgetter(*positions.tolist())(events)
+
+
+def _codes(values: tuple) -> tuple[np.ndarray, pd.Index]:
+    codes, uniques = pd.factorize(pd.Series(values, dtype=object))
+    return codes.astype(np.int64), pd.Index(uniques, dtype=object)
+
+
+def _frame(columns: dict[str, tuple], cat: np.ndarray, categories: pd.Index) -> pd.DataFrame:
+    """cat, name (categoricals), thread (int code of (pid, tid)), start_ns, dur_ns from raw event fields."""
+    name_codes, names = _codes(columns["name"])
+    pid_codes, _ = _codes(columns["pid"])
+    tid_codes, _ = _codes(columns["tid"])
+    return pd.DataFrame({
+        "cat": pd.Categorical.from_codes(cat, categories=categories),
+        "name": pd.Categorical.from_codes(name_codes, categories=names),
+        # pid and tid together name a thread; a string key would cost a second per million events.
+        "thread": pid_codes * (int(tid_codes.max(initial=0)) + 1) + tid_codes,
+        "start_ns": np.rint(np.asarray(columns["ts"], dtype=float) * 1e3).astype(np.int64),
+        "dur_ns": np.rint(np.asarray(columns["dur"], dtype=float) * 1e3).astype(np.int64),
+    })
+
+
+def _extract(events: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Host events (intervals, then memory points) and device activities as columns."""
+    cat_codes, categories = _codes(tuple(e.get("cat") for e in events))
+    categories = pd.Index([str(c) for c in categories], dtype=object)
+    cat_index = {name: code for code, name in enumerate(categories)}
+
+    def positions(wanted: Iterable[str]) -> np.ndarray:
+        codes = [cat_index[c] for c in wanted if c in cat_index]
         return np.flatnonzero(np.isin(cat_codes, codes)) if codes else np.empty(0, np.int64)
 
     host_pos = positions(HOST_CATEGORIES)
     memory_pos = positions((MEMORY_CATEGORY,))
-    if len(memory_pos):
-        memory_pos = memory_pos[np.fromiter((events[i].get("name") == MEMORY_EVENT_NAME for i in memory_pos),
-                                            bool, len(memory_pos))]
+    memory_events = _pick(events, memory_pos)
+    is_memory = np.fromiter((e.get("name") == MEMORY_EVENT_NAME for e in memory_events), bool, len(memory_events))
+    memory_pos = memory_pos[is_memory]
+    memory_events = tuple(e for e, keep in zip(memory_events, is_memory) if keep)
     device_pos = positions(DEVICE_CATEGORIES)
 
-    def frame(pos: np.ndarray, with_dur: bool) -> pd.DataFrame:
-        picked = [events[i] for i in pos]
-        ts_us = np.fromiter((e["ts"] for e in picked), float, len(picked))
-        dur_us = (np.fromiter((e.get("dur", 0.0) for e in picked), float, len(picked)) if with_dur
-                  else np.zeros(len(picked)))
-        start_ns = np.rint(ts_us * 1e3).astype(np.int64)
-        return pd.DataFrame({
-            "cat": cats.iloc[pos].to_numpy() if len(pos) else np.empty(0, object),
-            "name": [e.get("name") for e in picked],
-            "pid": [e.get("pid") for e in picked],
-            "tid": [e.get("tid") for e in picked],
-            "start_ns": start_ns,
-            "dur_ns": np.rint(dur_us * 1e3).astype(np.int64),
-        })
+    # Host intervals and memory points share one frame: memory points nest like zero-length events.
+    host_events = _pick(events, host_pos)
+    keys = ("ts", "name", "pid", "tid")
+    interval_fields = dict(zip(keys + ("dur",), _columns(host_events, keys + ("dur",))))
+    point_fields = dict(zip(keys, _columns(memory_events, keys)))
+    point_fields["dur"] = (0.0,) * len(memory_events)
+    host = _frame({k: interval_fields[k] + point_fields[k] for k in interval_fields},
+                  cat_codes[np.concatenate([host_pos, memory_pos])], categories)
 
-    host = frame(host_pos, True)
-    memory = frame(memory_pos, False)
-    memory_args = [events[i].get("args", {}) for i in memory_pos]
-    memory["bytes"] = np.fromiter((a.get("Bytes", 0) for a in memory_args), float, len(memory_args))
-    memory["device_type"] = np.fromiter((a.get("Device Type", CPU_MEMORY_DEVICE_TYPE) for a in memory_args),
-                                        np.int64, len(memory_args))
-    host["bytes"] = 0.0
-    host["device_type"] = -1
-    host = pd.concat([host, memory], ignore_index=True)
-    is_launch = host["cat"].isin(LAUNCH_CATEGORIES).to_numpy()
+    memory_args = [e.get("args") or {} for e in memory_events]
+    n_host = len(host_events)
+    host["bytes"] = np.concatenate([np.zeros(n_host), np.fromiter((a.get("Bytes", 0) for a in memory_args), float,
+                                                                  len(memory_args))])
+    host["device_type"] = np.concatenate([np.full(n_host, -1, np.int64),
+                                          np.fromiter((a.get("Device Type", CPU_MEMORY_DEVICE_TYPE)
+                                                       for a in memory_args), np.int64, len(memory_args))])
     correlation = np.full(len(host), -1, dtype=np.int64)
-    launch_rows = np.flatnonzero(is_launch)
-    correlation[launch_rows] = [events[i].get("args", {}).get("correlation", -1) for i in host_pos[launch_rows]]
+    launch_codes = [cat_index[c] for c in LAUNCH_CATEGORIES if c in cat_index]
+    launch_rows = np.flatnonzero(np.isin(cat_codes[host_pos], launch_codes))
+    correlation[launch_rows] = [(host_events[i].get("args") or {}).get("correlation", -1) for i in launch_rows]
     host["correlation"] = correlation
 
-    device = frame(device_pos, True)
-    device["correlation"] = np.fromiter((events[i].get("args", {}).get("correlation", -1) for i in device_pos),
-                                        np.int64, len(device_pos))
+    device_events = _pick(events, device_pos)
+    device = _frame(dict(zip(keys + ("dur",), _columns(device_events, keys + ("dur",)))), cat_codes[device_pos],
+                    categories)
+    device["correlation"] = np.fromiter(((e.get("args") or {}).get("correlation", -1) for e in device_events),
+                                        np.int64, len(device_events))
     return host, device
 
 
@@ -204,12 +260,13 @@ def _attribute_stages(start_ns: np.ndarray, ranges: pd.DataFrame) -> np.ndarray:
 def attribute_trace(trace: dict[str, Any]) -> TraceAttribution:
     """Stage, parent, self time and device time of every event of a Chrome trace (see module doc)."""
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    host, device = _extract(events)
+    with _gc_paused():
+        host, device = _extract(events)
     on_device = len(device) > 0
     has_memory = bool((host["cat"] == MEMORY_CATEGORY).any())
 
     # Nesting per thread (pid, tid): direct parents, depth, self time.
-    thread = pd.MultiIndex.from_arrays([host["pid"].astype(str), host["tid"].astype(str)]).factorize()[0]
+    thread = host["thread"].to_numpy()
     start_ns = host["start_ns"].to_numpy()
     dur_ns = host["dur_ns"].to_numpy()
     parent, depth, misnested = _direct_parents(thread, start_ns, start_ns + dur_ns)
@@ -223,14 +280,13 @@ def attribute_trace(trace: dict[str, Any]) -> TraceAttribution:
     host["self_ns"] = dur_ns - child_ns
 
     # Stage ranges and their own nesting (a sub-stage's parent stage).
-    range_rows = np.flatnonzero(((host["cat"] == "user_annotation")
-                                 & host["name"].str.startswith(STAGE_PREFIX, na=False)).to_numpy())
+    stage_names_in_trace = [n for n in host["name"].cat.categories if isinstance(n, str) and n.startswith(STAGE_PREFIX)]
+    range_rows = np.flatnonzero(((host["cat"] == "user_annotation") & host["name"].isin(stage_names_in_trace)).to_numpy())
     ranges = pd.DataFrame({
         "row": range_rows,
-        "stage": [stage_of_range(n) for n in host["name"].to_numpy()[range_rows]],
+        "stage": [stage_of_range(str(n)) for n in host["name"].to_numpy()[range_rows]],
         "start_ns": start_ns[range_rows],
         "end_ns": start_ns[range_rows] + dur_ns[range_rows],
-        "tid": host["tid"].to_numpy()[range_rows],
     })
     range_parent, range_depth, _ = _direct_parents(np.zeros(len(ranges), np.int64), ranges["start_ns"].to_numpy(),
                                                    ranges["end_ns"].to_numpy())
@@ -380,7 +436,11 @@ def stage_time_table(attribution: TraceAttribution) -> pd.DataFrame:
     annotations) and host_gap_ms is time inside the ranges but in no event (Python between ops).
     The identity holds exactly when all events sit on the ranges' thread and nest properly.
     profiled_ms is device_span_ms on a GPU trace (execution on the device) and cpu_ms otherwise;
-    device_ms is the summed duration of the stage's device activities (busy time, not span).
+    device_ms is the summed duration of the device activities charged to the stage itself;
+    device_busy_ms adds those of the stages nested in it, and busy_share = device_busy_ms /
+    device_span_ms is the fraction of the stage's device span in which a kernel ran (low: the device
+    waits for the host between launches). Under the profiler host gaps grow, so busy_share is a lower
+    bound of the unprofiled one. Device columns are NaN on a CPU trace.
     """
     ranges, host = attribution.stage_ranges, attribution.host
     if not len(ranges):
@@ -403,7 +463,16 @@ def stage_time_table(attribution: TraceAttribution) -> pd.DataFrame:
     table["operator_self_cpu_ms"] = op_self.reindex(table.index).fillna(0.0)
     table["other_self_cpu_ms"] = other_self.reindex(table.index).fillna(0.0)
     table["substage_cpu_ms"] = substage.reindex(table.index).fillna(0.0)
-    table["device_ms"] = device_ms.reindex(table.index) if attribution.on_device else np.nan
+    table["device_ms"] = device_ms.reindex(table.index).fillna(0.0) if attribution.on_device else np.nan
+    parent_of = ranges.dropna(subset=["parent_stage"]).drop_duplicates("stage").set_index("stage")["parent_stage"]
+    busy = table["device_ms"].copy()
+    for stage, own_ms in table["device_ms"].items():
+        ancestor = parent_of.get(stage)
+        while ancestor is not None and ancestor in busy.index:  # charge nested stages to every enclosing stage
+            busy[ancestor] += own_ms
+            ancestor = parent_of.get(ancestor)
+    table["device_busy_ms"] = busy
+    table["busy_share"] = table["device_busy_ms"] / table["device_span_ms"]
     table = table.reset_index()
     rank = {stage: i for i, stage in enumerate(attribution.stage_order)}
     return table.sort_values("stage", key=lambda s: s.map(rank)).reset_index(drop=True)[STAGE_TIME_COLUMNS]

@@ -24,6 +24,10 @@ logged as `overhead/<stage>_ratio` (`overhead/vision_sam_ratio`, `overhead/prefi
 `overhead/decode_step_ratio`). A ratio of 1.3 means the profiler's numbers are 30% slower than the
 timed ones; operator shares stay usable, operator milliseconds are inflated by about that much.
 
+Device busy share (GPU, ProfiledPass.busy_share): kernel time / device span of each stage's ranges,
+the input of the efficiency module's "launch" verdict. The profiler widens host gaps, so it is a lower
+bound of the unprofiled share.
+
 Artifacts in the run directory: trace.json.gz (gzipped Chrome trace: Perfetto, chrome://tracing and
 HTA's TraceAnalysis load it), operators.csv, operators.md, and on a GPU kernels.csv (operators.py).
 """
@@ -84,6 +88,29 @@ class ProfiledPass:
     def time_basis(self) -> str:
         return "device_span" if self.device_type == "cuda" else "cpu_range"
 
+    @property
+    def busy_share(self) -> dict[str, float]:
+        """{stage: device busy share} on a GPU (empty on a CPU), groups included ("vision" from its parts).
+
+        Kernel time / device span of the stage's ranges (operators.stage_time_table): the input the
+        efficiency module's "launch" verdict needs (`stage_efficiency(..., busy_share=...)`). The
+        profiler widens host gaps, so these are lower bounds of the unprofiled shares.
+        """
+        shares: dict[str, float] = {}
+        groups: dict[str, list[float]] = {}
+        for row in self.stage_times.itertuples(index=False):
+            if not (math.isfinite(row.busy_share) and row.device_span_ms > 0):
+                continue
+            shares[row.stage] = float(row.busy_share)
+            group, _, sub = row.stage.partition("/")
+            if sub:
+                totals = groups.setdefault(group, [0.0, 0.0])
+                totals[0] += row.device_busy_ms
+                totals[1] += row.device_span_ms
+        for group, (busy_ms, span_ms) in groups.items():
+            shares.setdefault(group, busy_ms / span_ms)
+        return shares
+
     def metrics_record(self) -> dict[str, Any]:
         """The `profiled_pass` entry of metrics.json: what ran and each stage's profiled time."""
         return {
@@ -94,6 +121,7 @@ class ProfiledPass:
             "time_basis": self.time_basis,
             "event_count": self.event_count,
             "stage_ms": dict(self.profiled_stage_ms),
+            "busy_share": self.busy_share,
             "stages": self.stage_times.to_dict(orient="records"),
         }
 
@@ -237,6 +265,20 @@ def profiler_overhead(profiled_stage_ms: Mapping[str, float], timed_stage_ms: Ma
             continue
         ratios[overhead_metric_name(stage)] = profiled / timed
     return ratios
+
+
+def metrics_for_run(profiled: ProfiledPass, summary: Mapping[str, Mapping[str, float]],
+                    top_n: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """What a run records from its profiled pass, given the timed pass's metrics.json["summary"].
+
+    Returns (flat metrics for metrics.json["metrics"] and MLflow: the `overhead/<stage>_ratio` values,
+    entries for metrics.json: "profiled_pass" plus operator_summary_for_metrics's keys).
+    """
+    from llm_perf_opt.profiling.export import operator_summary_for_metrics
+
+    overhead = profiler_overhead(profiled.profiled_stage_ms, timed_stage_ms(summary, profiled.profiled_stage_ms))
+    entries = {"profiled_pass": profiled.metrics_record(), **operator_summary_for_metrics(profiled.operators, top_n)}
+    return overhead, entries
 
 
 def run_profiled_pass(

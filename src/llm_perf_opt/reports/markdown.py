@@ -35,14 +35,17 @@ def bullets(md: MdUtils, items: Iterable[str]) -> None:
 
 
 def cell(value: Any, digits: int = 2) -> str:
-    """A table cell: floats with `digits` decimals, NaN/None as n/a, pipes escaped, long text cut."""
+    """A table cell: floats with `digits` decimals (scientific from 1e7), NaN/None as n/a, pipes escaped,
+    long text cut."""
     if value is None:
         return "n/a"
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float) or type(value).__name__.startswith("float"):
         value = float(value)
-        return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
+        if not math.isfinite(value):
+            return "n/a"
+        return f"{value:.3e}" if abs(value) >= 1e7 else f"{value:.{digits}f}"  # FLOPs, bytes: no 12-digit cells
     text = str(value).replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 3] + "..."
 

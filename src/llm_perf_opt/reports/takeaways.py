@@ -11,14 +11,16 @@ Rules (thresholds are stated in the text they produce):
   (summary e2e_ms; prefill + decode when e2e is absent); the larger share dominates.
 - vision: the vision group's share of prefill (it is nested within prefill), and the sub-stage with
   the largest mean with its share of vision.
-- decode: TPOT (p50 and mean) and decode tokens/s; with efficiency["decode"]: busy_share below
-  LAUNCH_BOUND_BUSY_SHARE reads as launch-bound (the device idles between small kernels), MBU at or
-  above MEMORY_BOUND_MBU as memory-bound (weights and KV cache streamed every token); MFU and the
-  efficiency module's own `bound` label are cited as given.
+- decode: TPOT (p50 and mean) and decode tokens/s; with efficiency["decode"]: busy share, MBU and
+  MFU as given, and a verdict: the efficiency module's `bound` label ("launch" | "memory" |
+  "compute") when present, else busy_share below LAUNCH_BOUND_BUSY_SHARE reads as launch-bound (the
+  device idles between small kernels) and MBU at or above MEMORY_BOUND_MBU as memory-bound.
 - prefill: MFU/MBU/bound of prefill when efficiency["prefill"] gives them.
-- operators: the largest operator (by total time) of the dominant stage, with its share of that
-  stage's profiled time.
-- profiler_overhead: the largest overhead ratio, so readers know how inflated operator times are.
+- operators: the largest operator (by total time) of the dominant stage or any stage nested in it,
+  with its share of that stage's profiled time.
+- profiler_overhead: the overhead ratios of prefill and of one decode step (sub-stages can be too
+  short to time well), so readers know how inflated operator times are; a recommendation to read
+  operator times as shares when either reaches INFLATED_OVERHEAD.
 """
 
 from __future__ import annotations
@@ -27,8 +29,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-LAUNCH_BOUND_BUSY_SHARE = 0.5  # device busy < 50% of decode wall time: gaps between kernels dominate
+from llm_perf_opt.profiling.efficiency import DEFAULT_LAUNCH_BUSY_SHARE
+
+# Used only when metrics.json's efficiency has no `bound` verdict of its own (which applies the run's
+# hardware.launch_busy_share); the same default as profiling/efficiency.py.
+LAUNCH_BOUND_BUSY_SHARE = DEFAULT_LAUNCH_BUSY_SHARE  # device busy < 50% of the stage: gaps between kernels
 MEMORY_BOUND_MBU = 0.5  # >= 50% of peak memory bandwidth used: bandwidth is the limit to watch
+INFLATED_OVERHEAD = 1.5  # profiled / timed stage time from which operator milliseconds mislead
 TOP_LEVEL_STAGES = ("prefill", "decode")
 
 
@@ -42,16 +49,17 @@ def _finite(value: Any) -> float | None:
 
 def stat(metrics_json: Mapping[str, Any], column: str, name: str = "mean") -> float | None:
     """metrics.json["summary"][column][name] when present and finite."""
-    return _finite(metrics_json.get("summary", {}).get(column, {}).get(name))
+    return _finite(((metrics_json.get("summary") or {}).get(column) or {}).get(name))
 
 
 def stage_stat(metrics_json: Mapping[str, Any], stage: str, name: str = "mean") -> float | None:
-    return _finite(metrics_json.get("stages", {}).get(stage, {}).get("ms", {}).get(name))
+    entry = (metrics_json.get("stages") or {}).get(stage) or {}
+    return _finite((entry.get("ms") or {}).get(name))
 
 
 def substages(metrics_json: Mapping[str, Any], group: str) -> list[str]:
-    """Stages nested in `group` ('vision' -> ['vision/sam', ...]) in metrics.json order."""
-    return [name for name, entry in metrics_json.get("stages", {}).items() if entry.get("nested_in") == group]
+    """Stages nested directly in `group` ('vision' -> ['vision/sam', ...]) in metrics.json order."""
+    return [name for name, entry in (metrics_json.get("stages") or {}).items() if entry.get("nested_in") == group]
 
 
 def groups_in_prefill(metrics_json: Mapping[str, Any]) -> list[str]:
@@ -61,7 +69,7 @@ def groups_in_prefill(metrics_json: Mapping[str, Any]) -> list[str]:
 def stages_within(metrics_json: Mapping[str, Any], stage: str) -> set[str]:
     """`stage` and every stage nested in it, transitively ('prefill' -> prefill, vision, vision/sam, ...)."""
     within = {stage}
-    entries = metrics_json.get("stages", {})
+    entries = metrics_json.get("stages") or {}
     while True:
         grown = within | {name for name, entry in entries.items() if entry.get("nested_in") in within}
         if grown == within:
@@ -83,39 +91,63 @@ def percent(part: float, whole: float) -> float:
     return 100.0 * part / whole
 
 
-def profiled_stage_total_ms(metrics_json: Mapping[str, Any], stage: str) -> float | None:
-    for row in metrics_json.get("profiled_pass", {}).get("stages", []) or []:
+def profiled_stage_total_ms(metrics_json: Mapping[str, Any], stage: str | None) -> float | None:
+    """A stage's time in the profiled pass, summed over its ranges (metrics.json["profiled_pass"]["stages"])."""
+    for row in (metrics_json.get("profiled_pass") or {}).get("stages") or []:
         if row.get("stage") == stage:
             return _finite(row.get("profiled_ms"))
     return None
 
 
 def overhead_ratios(metrics_json: Mapping[str, Any]) -> dict[str, float]:
-    flat = metrics_json.get("metrics", {}) or {}
-    return {k: v for k, v in flat.items() if k.startswith("overhead/") and _finite(v) is not None}
+    flat = metrics_json.get("metrics") or {}
+    return {k: float(v) for k, v in flat.items() if k.startswith("overhead/") and _finite(v) is not None}
 
 
-def efficiency_of(metrics_json: Mapping[str, Any], stage: str) -> dict[str, Any]:
+def headline_overheads(metrics_json: Mapping[str, Any]) -> dict[str, tuple[str, float]]:
+    """{label: (metric name, ratio)} for prefill and one decode step, the stages long enough to time well."""
+    ratios = overhead_ratios(metrics_json)
+    labels = {"overhead/prefill_ratio": "prefill", "overhead/decode_step_ratio": "a decode step"}
+    return {label: (name, ratios[name]) for name, label in labels.items() if name in ratios}
+
+
+def efficiency_of(metrics_json: Mapping[str, Any], stage: str) -> Mapping[str, Any]:
     entry = (metrics_json.get("efficiency") or {}).get(stage)
     return entry if isinstance(entry, Mapping) else {}
 
 
+VERDICTS = {
+    "launch": "launch-bound (the device waits for the host between kernels)",
+    "memory": "memory-bound (bytes moved, not arithmetic, set the pace)",
+    "compute": "compute-bound (arithmetic sets the pace)",
+}
+
+
+def boundness(eff: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(verdict, its source): the efficiency module's `bound` label when given, else busy share / MBU."""
+    if eff.get("bound"):
+        return str(eff["bound"]), "efficiency verdict"
+    busy, mbu = _finite(eff.get("busy_share")), _finite(eff.get("mbu"))
+    if busy is not None and busy < LAUNCH_BOUND_BUSY_SHARE:
+        return "launch", f"busy share below {LAUNCH_BOUND_BUSY_SHARE:.0%}"
+    if mbu is not None and mbu >= MEMORY_BOUND_MBU:
+        return "memory", f"MBU at or above {MEMORY_BOUND_MBU:.0%}"
+    return None
+
+
 def _efficiency_clauses(eff: Mapping[str, Any]) -> list[str]:
     clauses = []
-    busy = _finite(eff.get("busy_share"))
-    mbu = _finite(eff.get("mbu"))
-    mfu = _finite(eff.get("mfu"))
+    busy, mbu, mfu = _finite(eff.get("busy_share")), _finite(eff.get("mbu")), _finite(eff.get("mfu"))
     if busy is not None:
-        verdict = (f" (below {LAUNCH_BOUND_BUSY_SHARE:.0%}: launch-bound, the device waits for the host between kernels)"
-                   if busy < LAUNCH_BOUND_BUSY_SHARE else "")
-        clauses.append(f"the device is busy {busy:.0%} of the time{verdict}")
+        clauses.append(f"the device is busy {busy:.0%} of the time")
     if mbu is not None:
-        verdict = f" (at or above {MEMORY_BOUND_MBU:.0%}: memory-bound)" if mbu >= MEMORY_BOUND_MBU else ""
-        clauses.append(f"MBU {mbu:.1%}{verdict}")
+        clauses.append(f"MBU {mbu:.1%}")
     if mfu is not None:
         clauses.append(f"MFU {mfu:.1%}")
-    if eff.get("bound"):
-        clauses.append(f"the roofline classifies it as {eff['bound']}")
+    verdict = boundness(eff)
+    if verdict is not None:
+        label, source = verdict
+        clauses.append(f"{VERDICTS.get(label, label)} ({source})")
     return clauses
 
 
@@ -128,8 +160,16 @@ def dominant_stage(metrics_json: Mapping[str, Any]) -> tuple[str, float] | None:
     return stage, percent(means[stage], whole)
 
 
+def _largest_operator(metrics_json: Mapping[str, Any], stage: str) -> dict | None:
+    # Ops directly in prefill exclude its sub-stages' ops: look at every stage nested in it too.
+    within = stages_within(metrics_json, stage)
+    candidates = [row for s, rows in (metrics_json.get("top_operators_by_stage") or {}).items() if s in within
+                  for row in rows if _finite(row.get("total_time_ms")) is not None]
+    return max(candidates, key=lambda r: r["total_time_ms"]) if candidates else None
+
+
 def derive_takeaways(metrics_json: Mapping[str, Any]) -> dict[str, str]:
-    """{topic: one sentence with its supporting numbers} (topics listed in the module docstring)."""
+    """{topic: one sentence with its supporting numbers} (topics and rules in the module docstring)."""
     takeaways: dict[str, str] = {}
 
     means, whole, basis = end_to_end_shares(metrics_json)
@@ -167,31 +207,25 @@ def derive_takeaways(metrics_json: Mapping[str, Any]) -> dict[str, str]:
 
     prefill_clauses = _efficiency_clauses(efficiency_of(metrics_json, "prefill"))
     if prefill_clauses and prefill_ms is not None:
-        takeaways["prefill"] = (f"Prefill (TTFT {prefill_ms:.2f} ms mean): " + "; ".join(prefill_clauses) + ".")
+        takeaways["prefill"] = f"Prefill (TTFT {prefill_ms:.2f} ms mean): " + "; ".join(prefill_clauses) + "."
 
     dominant = dominant_stage(metrics_json)
-    by_stage = metrics_json.get("top_operators_by_stage") or {}
-    if dominant is not None:
+    top = _largest_operator(metrics_json, dominant[0]) if dominant else None
+    if top is not None:
         stage = dominant[0]
-        # Ops directly in prefill exclude its sub-stages' ops: look at every stage nested in it too.
-        within = stages_within(metrics_json, stage)
-        candidates = [row for s, rows in by_stage.items() if s in within for row in rows]
-        candidates = [r for r in candidates if _finite(r.get("total_time_ms")) is not None]
-        if candidates:
-            top = max(candidates, key=lambda r: r["total_time_ms"])
-            text = (f"The largest operator in {stage} is {top['name']} (stage {top['stage']}): "
-                    f"{top['total_time_ms']:.2f} ms total over {top.get('calls', 'n/a')} calls in the profiled pass")
-            stage_total = profiled_stage_total_ms(metrics_json, stage)
-            if stage_total:
-                text += f", {percent(top['total_time_ms'], stage_total):.1f}% of {stage}'s profiled time"
-            takeaways["operators"] = text + "."
+        text = (f"The largest operator in {stage} is {top['name']} (stage {top.get('stage', 'n/a')}): "
+                f"{top['total_time_ms']:.2f} ms total over {top.get('calls', 'n/a')} calls in the profiled pass")
+        stage_total = profiled_stage_total_ms(metrics_json, stage)
+        if stage_total:
+            text += f", {percent(top['total_time_ms'], stage_total):.1f}% of {stage}'s profiled time"
+        takeaways["operators"] = text + "."
 
-    ratios = overhead_ratios(metrics_json)
-    if ratios:
-        name = max(ratios, key=ratios.get)
+    headline = headline_overheads(metrics_json)
+    if headline:
+        parts = [f"{label} {ratio:.2f}x ({name})" for label, (name, ratio) in headline.items()]
         takeaways["profiler_overhead"] = (
-            f"The profiler slows what it watches by up to {ratios[name]:.2f}x ({name}); operator milliseconds "
-            f"carry that inflation, their shares within a stage much less."
+            "Under the profiler, " + " and ".join(parts) + " of their timed times; operator milliseconds carry "
+            "that inflation, their shares within a stage much less."
         )
     return takeaways
 
@@ -200,35 +234,38 @@ def derive_recommendations(metrics_json: Mapping[str, Any]) -> dict[str, str]:
     """{topic: recommendation} that follow from the same numbers as derive_takeaways."""
     recommendations: dict[str, str] = {}
     dominant = dominant_stage(metrics_json)
-    if dominant is None:
-        return recommendations
-    stage, share = dominant
-    if stage == "decode":
-        text = f"Optimise decode first: it is {share:.1f}% of end-to-end time."
-        eff = efficiency_of(metrics_json, "decode")
-        busy, mbu = _finite(eff.get("busy_share")), _finite(eff.get("mbu"))
-        if busy is not None and busy < LAUNCH_BOUND_BUSY_SHARE:
-            text += (f" With the device busy only {busy:.0%} of decode, cut per-token launch overhead: CUDA graphs "
-                     "(torch.compile mode='reduce-overhead') or more sequences per batch.")
-        elif mbu is not None and mbu >= MEMORY_BOUND_MBU:
-            text += (f" At MBU {mbu:.0%} decode is limited by memory traffic: lower-precision weights / KV cache or "
-                     "larger batches raise tokens/s.")
-        recommendations["decode"] = text
-    else:
-        text = f"Optimise prefill (time to first token) first: it is {share:.1f}% of end-to-end time."
-        prefill_ms = stage_stat(metrics_json, "prefill")
-        for group in groups_in_prefill(metrics_json):
-            group_ms = stage_stat(metrics_json, group)
-            if group_ms is not None and prefill_ms and group_ms / prefill_ms >= 0.5:
+    if dominant is not None:
+        stage, share = dominant
+        if stage == "decode":
+            text = f"Optimise decode first: it is {share:.1f}% of end-to-end time."
+            eff = efficiency_of(metrics_json, "decode")
+            busy, mbu = _finite(eff.get("busy_share")), _finite(eff.get("mbu"))
+            verdict = boundness(eff)
+            if verdict is not None and verdict[0] == "launch":
+                busy_text = f"the device busy only {busy:.0%} of decode" if busy is not None else "decode launch-bound"
+                text += (f" With {busy_text}, cut per-token launch overhead: CUDA graphs (torch.compile "
+                         "mode='reduce-overhead') or more sequences per batch.")
+            elif mbu is not None and mbu >= MEMORY_BOUND_MBU:
+                text += (f" At MBU {mbu:.0%} decode is limited by memory traffic: lower-precision weights / KV "
+                         "cache or larger batches raise tokens/s.")
+            recommendations["decode"] = text
+        else:
+            text = f"Optimise prefill (time to first token) first: it is {share:.1f}% of end-to-end time."
+            prefill_ms = stage_stat(metrics_json, "prefill")
+            for group in groups_in_prefill(metrics_json):
+                group_ms = stage_stat(metrics_json, group)
+                if group_ms is None or not prefill_ms or group_ms / prefill_ms < 0.5:
+                    continue
                 subs = {s: v for s in substages(metrics_json, group) if (v := stage_stat(metrics_json, s)) is not None}
                 top = max(subs, key=subs.get) if subs else group
                 mode = (metrics_json.get("workload") or {}).get("image_mode")
                 text += (f" {group.capitalize()} is {percent(group_ms, prefill_ms):.1f}% of prefill and {top} its "
                          f"largest part: fewer or smaller image views (image mode now: {mode or 'n/a'}) cut it most.")
-        recommendations["prefill"] = text
-    ratios = overhead_ratios(metrics_json)
-    if ratios and max(ratios.values()) >= 1.5:
-        name = max(ratios, key=ratios.get)
-        recommendations["profiling"] = (f"Read operator times as shares, not milliseconds: the profiler inflated "
-                                        f"{name.removeprefix('overhead/').removesuffix('_ratio')} {ratios[name]:.2f}x.")
+            recommendations["prefill"] = text
+
+    worst = max(headline_overheads(metrics_json).items(), key=lambda item: item[1][1], default=None)
+    if worst is not None and worst[1][1] >= INFLATED_OVERHEAD:
+        label, (name, ratio) = worst
+        recommendations["profiling"] = (f"Read operator times as shares, not milliseconds: under the profiler "
+                                        f"{label} took {ratio:.2f}x its timed time ({name}).")
     return recommendations

@@ -127,6 +127,14 @@ def _overhead_section(md: Any, metrics_json: Mapping[str, Any]) -> None:
         + "; prefill and sub-stages per input, decode per step."
     )
     table(md, ["stage", "profiled (ms)", "timed (ms)", "ratio"], rows, digits=3)
+    busy = [[row.get("stage"), row.get("device_busy_ms"), row.get("device_span_ms"), row.get("busy_share")]
+            for row in (metrics_json.get("profiled_pass") or {}).get("stages") or []
+            if isinstance(row.get("busy_share"), (int, float)) and math.isfinite(row["busy_share"])]
+    if busy:
+        md.new_paragraph("Device busy share in the profiled pass: kernel time / device span of the stage ranges "
+                         "(nested stages included). Low values mean the device waits for the host between "
+                         "launches; the profiler widens those gaps, so this is a lower bound.")
+        table(md, ["stage", "kernel time (ms)", "device span (ms)", "busy share"], busy, digits=3)
 
 
 def _efficiency_section(md: Any, metrics_json: Mapping[str, Any]) -> None:

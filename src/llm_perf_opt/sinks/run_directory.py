@@ -7,6 +7,12 @@ Layout (docs/metrics.md describes each file):
   samples.csv          one row per input x repeat (all times in ms)
   decode_steps.csv     one row per decode step of every sample (decode_step_ms)
   metrics.json         summary statistics and the flat metric dict logged to MLflow
+  counts.json          counted FLOPs and analytic FLOPs/bytes per input and stage
+  trace.json.gz        the profiled pass's Chrome trace (Perfetto, chrome://tracing, HTA)
+  operators.csv/.md    operators by stage; kernels.csv on a GPU
+  report.md            the technical report; stakeholder_summary.md the plain-language one
+  roofline.png         stages against the device's roofs (when peaks are known)
+  nvml_timeline.csv    power/clock samples (GPU with NVML); energy_samples.csv per sample
   error.txt            only when the run failed: the error and its traceback
   tracking_error.txt   only when MLflow logging failed
 """
