@@ -1,15 +1,26 @@
-"""GPU truth: does the timed loop perturb what it measures? (run on a GPU host)
+"""GPU truth: do the profiler's numbers hold on real hardware? (run on a GPU host)
 
-For the `full` DeepSeek-OCR-2 preset (bf16, sdpa, uniform routing) on real pages in several image
-modes and token counts, compares, side by side in one process:
+Sections (`--sections`, default all):
+
+overhead  For the `full` DeepSeek-OCR-2 preset (bf16, sdpa, uniform routing) on real pages in several
+          image modes and token counts, compares side by side in one process:
 
 - the tool's timed loop (CUDA events at every boundary, forward hooks on the vision sub-stages),
 - a bare loop making the same forward calls (no events, no hooks), timed by the host around a
   synchronised decode phase,
 - `model.generate()` for the same number of new tokens (greedy, fixed length), timed the same way.
 
-Prints, per (image mode, new tokens): median decode time per token of each, the ratio timed/bare
-(goal <= 1.01), and end-to-end timed/generate (goal <= 1.00). Writes every sample to --out as CSV.
+          Prints, per (image mode, new tokens): median decode time per token of each, the ratio
+          timed/bare (goal within 1%), and end-to-end timed/generate (goal <= 1.00).
+runs      Whole profiler runs (timed, counted, profiled passes, NVML energy, calibrated peaks) of the
+          full preset per image mode, into --out/runs with an MLflow store --out/mlflow.db.
+accuracy  From those runs: the timed pass's CUDA-event stage time vs the summed kernel time inside
+          the same stage range of the profiled pass, for the same input (goal within 3% for busy
+          stages), and decode's busy share (kernel time / stage span) as launch-bound evidence.
+energy    From those runs: J/token from the energy metrics vs mean sampled power x decode time per
+          token (goal within 10%).
+
+Writes every sample and a summary to --out as CSV/JSON.
 
     python3 benchmarks/gpu_truth.py --out /tmp/truth --pages-root ../shared/omnidocbench-demo \
         --image-modes tiled global1024 --new-tokens 64 256 --repeats 5
@@ -113,6 +124,8 @@ def main() -> int:
     parser.add_argument("--preset", default="full")
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--device", default="cuda", help="cpu only for a dry run of the script itself")
+    parser.add_argument("--sections", nargs="+", default=["overhead", "runs", "accuracy", "energy"])
+    parser.add_argument("--run-overrides", nargs="*", default=[], help="extra Hydra overrides for the runs")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: gpu_truth needs a CUDA device (this machine has none); --device cpu --preset tiny "
@@ -128,7 +141,7 @@ def main() -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}, torch {torch.__version__}, preset {args.preset}, dtype {args.dtype}")
     all_rows, summary = [], []
-    for mode in args.image_modes:
+    for mode in (args.image_modes if "overhead" in args.sections else []):
         workload = build_workload(model_cfg(args.preset, mode, args.experts_implementation, args.dtype), pages, device, 0)
         for new_tokens in args.new_tokens:
             rows = overhead_rows(workload, new_tokens, args.repeats)
@@ -153,9 +166,106 @@ def main() -> int:
         del workload
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    pd.DataFrame(all_rows).to_csv(args.out / "overhead_samples.csv", index=False)
-    pd.DataFrame(summary).to_csv(args.out / "overhead_summary.csv", index=False)
+    if summary:
+        pd.DataFrame(all_rows).to_csv(args.out / "overhead_samples.csv", index=False)
+        pd.DataFrame(summary).to_csv(args.out / "overhead_summary.csv", index=False)
+    run_dirs = []
+    if "runs" in args.sections:
+        run_dirs = profile_runs(args)
+    else:
+        run_dirs = sorted(p.parent for p in (args.out / "runs").glob("*/metrics.json"))
+    results = {"overhead": summary}
+    if "accuracy" in args.sections:
+        results["accuracy"] = [stage_accuracy(d) for d in run_dirs]
+    if "energy" in args.sections:
+        results["energy"] = [energy_check(d) for d in run_dirs]
+    for section in ("accuracy", "energy"):
+        for line in results.get(section, []):
+            print(section, json.dumps(line))
+    (args.out / "gpu_truth.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     return 0
+
+
+def profile_runs(args) -> list[Path]:
+    """Whole profiler runs, one per image mode, on the same pages, into args.out/runs."""
+    from hydra import compose, initialize_config_dir
+
+    from llm_perf_opt.profile_run import run_profile
+
+    run_dirs = []
+    for mode in args.image_modes:
+        overrides = [
+            f"device={args.device}", f"model.preset={args.preset}", f"model.image_mode={mode}", f"model.dtype={args.dtype}",
+            f"profiling.repeats={args.repeats}", f"profiling.new_tokens={max(args.new_tokens)}", "profiling.progress=false",
+            "profiling.operators.inputs=1", "profiling.operators.decode_steps=8",
+            f"tracking.uri=sqlite:///{(args.out / 'mlflow.db').resolve()}", "tracking.experiment=gpu-truth",
+            f"hardware.calibrate={'true' if args.device.startswith('cuda') else 'false'}",
+        ]
+        if (args.pages_root / "OmniDocBench.json").is_file():
+            overrides += ["dataset=omnidocbench", f"dataset.root={args.pages_root.resolve()}", f"dataset.limit={args.pages}"]
+        else:
+            overrides += [f"dataset.num_pages={args.pages}"]
+        if args.experts_implementation:
+            overrides.append(f"model.experts_implementation={args.experts_implementation}")
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=overrides + list(args.run_overrides))
+        outcome = run_profile(cfg, args.out / "runs" / f"{args.preset}_{mode}")
+        print(f"run {mode}: {outcome.status} {outcome.run_dir} mlflow {outcome.mlflow_run_id} {outcome.error or ''}")
+        run_dirs.append(outcome.run_dir)
+    return run_dirs
+
+
+def stage_accuracy(run_dir: Path) -> dict:
+    """Timed CUDA-event stage time vs kernel time in the profiled pass's stage range (same input)."""
+    result = json.loads((run_dir / "metrics.json").read_text())
+    samples = pd.read_csv(run_dir / "samples.csv")
+    first = samples[samples["input_index"] == 0]
+    stages = {row["stage"]: row for row in result.get("profiled_pass", {}).get("stages", [])}
+    line = {"run": run_dir.name, "input_id": first["input_id"].iloc[0] if len(first) else None}
+    for stage, column in [("prefill", "prefill_ms"), ("vision/sam", "vision_sam_ms"),
+                          ("vision/encoder", "vision_encoder_ms"), ("vision/projector", "vision_projector_ms")]:
+        row = stages.get(stage)
+        if row is None or column not in first or not row.get("device_busy_ms"):
+            continue
+        timed = float(first[column].median())
+        line[f"{stage}_timed_ms"] = timed
+        line[f"{stage}_kernel_ms"] = row["device_busy_ms"]
+        line[f"{stage}_timed_over_kernel"] = timed / row["device_busy_ms"]
+        line[f"{stage}_busy_share"] = row.get("busy_share")
+    decode = stages.get("decode")
+    if decode is not None:
+        line["decode_busy_share"] = decode.get("busy_share")
+        line["decode_kernel_ms_per_step"] = (decode.get("device_busy_ms") or float("nan")) / max(decode["ranges"], 1)
+        line["decode_span_ms_per_step"] = (decode.get("device_span_ms") or float("nan")) / max(decode["ranges"], 1)
+    line["timed_tpot_ms_p50"] = float(first["tpot_ms"].median()) if len(first) else None
+    return line
+
+
+def energy_check(run_dir: Path) -> dict:
+    """J/token (metric) vs mean sampled power x decode time / decode tokens, over the same windows."""
+    line = {"run": run_dir.name}
+    timeline_path = run_dir / "nvml_timeline.csv"
+    result = json.loads((run_dir / "metrics.json").read_text())
+    if not timeline_path.exists() or "energy/j_per_token" not in result["metrics"]:
+        line["note"] = "no NVML timeline or energy metric in this run"
+        return line
+    timeline = pd.read_csv(timeline_path)
+    samples = pd.read_csv(run_dir / "samples.csv")
+    joules, tokens = 0.0, 0
+    for sample in samples.itertuples(index=False):
+        end = float(sample.wall_end_ns)
+        start = end - float(sample.decode_ms) * 1e6
+        power = timeline[(timeline["t_ns"] >= start) & (timeline["t_ns"] <= end)]["power_w"].dropna()
+        if len(power):
+            joules += float(power.mean()) * float(sample.decode_ms) / 1e3
+            tokens += int(sample.new_tokens) - 1
+    line["j_per_token_metric"] = result["metrics"]["energy/j_per_token"]
+    line["j_per_token_mean_power_x_time"] = joules / tokens if tokens else None
+    if tokens:
+        line["ratio"] = line["j_per_token_metric"] / line["j_per_token_mean_power_x_time"]
+    line["methods"] = (result.get("energy") or {}).get("methods")
+    line["power_w_mean"] = result["metrics"].get("power/w_mean")
+    return line
 
 
 if __name__ == "__main__":

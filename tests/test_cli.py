@@ -33,7 +33,8 @@ def test_hydra_flags_keep_their_meaning():
 def _env(tmp_path):
     env = dict(os.environ, LLM_PERF_OPT_RUNS_DIR=str(tmp_path / "runs"),
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    env.pop("MLFLOW_RUN_ID", None)
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # in-process runs of other tests set these
+        env.pop(leaked, None)
     return env
 
 

@@ -1,6 +1,7 @@
 """`llm-perf-opt <command> [hydra overrides]`: hands the overrides to the command's Hydra main.
 
-Commands: `profile` (the stage profiler). Overrides may also arrive the way `mlflow run` passes them:
+Commands: `profile` (the stage profiler, conf/config.yaml) and `compare` (statistical comparison of
+tracked runs, conf/compare.yaml). Overrides may also arrive the way `mlflow run` passes them:
 `--overrides "a=1 b=2"` (the MLproject's declared parameter, split like a shell would) and
 `--key value` (MLflow's form for undeclared `-P key=value`), both turned into Hydra's `key=value`.
 """

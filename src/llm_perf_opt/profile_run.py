@@ -95,6 +95,17 @@ def _mean_costs(per_input: list[dict[str, dict[str, float]]]) -> dict[str, dict[
     return merged
 
 
+def _declared_costs(workload: Any) -> dict[str, Any] | None:
+    """A factory's declared costs in the analytic model's shape (prefill, decode_step_mean)."""
+    from llm_perf_opt.profiling.analytic import StageCost
+
+    if not workload.declared_costs:
+        return None
+    names = {"prefill": "prefill", "decode": "decode_step_mean"}
+    return {names.get(stage, stage): StageCost(float(cost.get("flops", 0.0)), float(cost.get("bytes", 0.0)), 0.0)
+            for stage, cost in workload.declared_costs.items()}
+
+
 def counted_pass(workload: Any, prof: DictConfig, out: RunDirectory) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """FLOPs measured with FlopCounterMode and bytes from the analytic model, per stage, averaged over
     the inputs; plus a whole-sample "model" stage (prefill + every decode step). Writes counts.json."""
@@ -108,9 +119,9 @@ def counted_pass(workload: Any, prof: DictConfig, out: RunDirectory) -> tuple[di
         try:
             analytic = analytic_costs_for_workload(workload, index, new_tokens=new_tokens)
         except UnsupportedArchitecture as exc:
-            if index == 0:
+            analytic = _declared_costs(workload)
+            if analytic is None and index == 0:
                 log.warning("no analytic byte model for this workload (%s): FLOPs measured, bytes and MBU absent", exc)
-            analytic = None
         first = first or (counted, analytic)
         per_input.append(efficiency_stage_costs(counted, analytic))
         records.append({"input_id": workload.inputs[index].input_id, "counted": counted.as_record(),
@@ -172,6 +183,8 @@ def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
         "preset": workload.info.get("preset"),
         "device": env.get("device_name"),
         "dtype": workload.info.get("dtype"),
+        "torch": env.get("torch"),
+        "driver_version": env.get("driver_version"),
         "git_sha": env.get("git_sha"),
         "run_dir": str(out.path),
     })

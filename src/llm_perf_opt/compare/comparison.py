@@ -8,8 +8,6 @@ is skipped with a note. The output directory is written completely before the ML
 
 from __future__ import annotations
 
-import json
-import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,6 @@ from llm_perf_opt.compare.verdicts import TOO_FEW, VERDICT_COLUMNS, VERDICTS, Ve
 from llm_perf_opt.sinks.run_directory import RunDirectory
 from llm_perf_opt.tracking.mlflow_tracker import MlflowTracker, flatten, resolve_tracking_uri
 
-log = logging.getLogger(__name__)
 TAG_VALUE_LIMIT = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
 
 
@@ -116,10 +113,12 @@ def _truncated_ids(run_ids: list[str], limit: int = TAG_VALUE_LIMIT) -> tuple[st
     if len(joined) <= limit:
         return joined, False
     kept: list[str] = []
+    length = -1  # no comma before the first id
     for run_id in run_ids:
-        if len(",".join([*kept, run_id])) > limit:
+        if length + 1 + len(run_id) > limit:
             break
         kept.append(run_id)
+        length += 1 + len(run_id)
     return ",".join(kept), True
 
 
@@ -128,7 +127,8 @@ def run_comparison(cfg: DictConfig, out_dir: Path) -> CompareOutcome:
     uri = resolve_tracking_uri(cfg.tracking.uri, Path.cwd())
     selection = selection_from_config(cfg)
     settings = settings_from_config(cfg)
-    result = summarize_runs(uri, selection, cfg.get("baseline"), list(cfg.summary.metrics))
+    patterns = [*(cfg.summary.metrics or DEFAULT_HEADLINE), *(cfg.summary.get("extra_metrics") or [])]
+    result = summarize_runs(uri, selection, cfg.get("baseline"), [str(p) for p in patterns])
     runs, baseline, summary, environment = result.runs, result.baseline_run_id, result.summary, result.environment
     candidates = [r for r in summary.index if r != baseline]
     notes: list[str] = []
@@ -136,7 +136,9 @@ def run_comparison(cfg: DictConfig, out_dir: Path) -> CompareOutcome:
     samples: dict[str, pd.DataFrame] = {}
     operators: dict[str, pd.DataFrame] = {}
     detailed = bool(cfg.verdicts.enabled) and len(candidates) <= int(cfg.verdicts.max_candidates)
-    if bool(cfg.verdicts.enabled) and not detailed:
+    if not bool(cfg.verdicts.enabled):
+        notes.append("verdicts.enabled=false: summary only (no per-sample verdicts, operator diff or distributions)")
+    elif not detailed:
         notes.append(f"{len(candidates)} candidates > verdicts.max_candidates={cfg.verdicts.max_candidates}: "
                      "per-sample verdicts, operator diff and distributions skipped (narrow select.* or raise it)")
     if detailed:
@@ -147,9 +149,13 @@ def run_comparison(cfg: DictConfig, out_dir: Path) -> CompareOutcome:
             notes += _missing_notes(files)
 
     mismatches = environment_mismatches(environment, baseline)
+    one_sided: dict[str, list[str]] = {}
     for run_id, fields in environment_unknowns(environment, baseline).items():
-        notes.append(f"run {run_id[:8]}: environment field(s) {', '.join(fields)} known for only one of it and "
-                     "the baseline: not compared")
+        for name in fields:
+            one_sided.setdefault(name, []).append(run_id[:8])
+    for name, run_ids in one_sided.items():
+        notes.append(f"environment field {name} is known for only one of the baseline and {len(run_ids)} run(s) "
+                     f"({', '.join(run_ids[:5])}{', ...' if len(run_ids) > 5 else ''}): not compared for them")
     if mismatches and not settings.allow_env_mismatch and detailed:
         notes.append(f"{len(mismatches)} run(s) differ from the baseline's environment: their verdicts read "
                      "'environment mismatch' (allow_env_mismatch=true compares them anyway)")

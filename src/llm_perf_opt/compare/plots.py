@@ -21,8 +21,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-DISTRIBUTION_COLUMNS = ("ttft_ms", "prefill_ms", "vision_ms", "decode_ms", "tpot_ms", "e2e_ms")
+# ttft_ms equals prefill_ms (the first token comes out of prefill), so it is not drawn twice.
+DISTRIBUTION_COLUMNS = ("prefill_ms", "vision_ms", "decode_ms", "tpot_ms", "e2e_ms")
 _VISION_SUB = re.compile(r"vision/(.+)_ms_p50")
+_PIPELINE_ORDER = ("sam", "encoder", "projector")  # DeepSeek-OCR-2's vision pipeline; other names follow
+
+
+def _pipeline_rank(column: str) -> tuple[int, str]:
+    name = _VISION_SUB.fullmatch(column).group(1)
+    return (_PIPELINE_ORDER.index(name) if name in _PIPELINE_ORDER else len(_PIPELINE_ORDER), name)
 
 
 def run_labels(summary: pd.DataFrame) -> list[str]:
@@ -37,7 +44,7 @@ def run_labels(summary: pd.DataFrame) -> list[str]:
 def stage_stack(summary: pd.DataFrame) -> pd.DataFrame:
     """Segments (columns) per run (rows), in ms: vision sub-stages, prefill (other), decode."""
     segments = pd.DataFrame(index=summary.index)
-    vision_subs = [c for c in summary.columns if _VISION_SUB.fullmatch(str(c))]
+    vision_subs = sorted((c for c in summary.columns if _VISION_SUB.fullmatch(str(c))), key=_pipeline_rank)
     if not vision_subs and "vision/ms_p50" in summary.columns:
         vision_subs = ["vision/ms_p50"]
     for column in vision_subs:

@@ -71,15 +71,22 @@ def terminal_text(summary: pd.DataFrame, verdicts: pd.DataFrame, mismatches: dic
     lines = [f"Compared {len(summary)} profile runs; baseline {baseline}"]
     if len(summary) > max_runs > 0:
         lines.append(f"(showing {max_runs} of {len(summary)} runs; comparison.csv has all)")
-    lines += ["", metric_matrix(summary, max_runs).to_string(), ""]
-    for run_id, fields in mismatches.items():
+    lines += ["cells: value (x ratio to the baseline [B]); n/a: not logged by that run", "",
+              metric_matrix(summary, max_runs).to_string(), ""]
+    for run_id, fields in list(mismatches.items())[:max(max_runs, 1)]:
         lines.append(f"environment differs for {short_id(run_id)}: {'; '.join(fields)}")
+    if len(mismatches) > max(max_runs, 1):
+        lines.append(f"... and {len(mismatches) - max(max_runs, 1)} more runs (column env.mismatch of comparison.csv)")
     if not verdicts.empty:
         counts = verdicts["verdict"].value_counts()
         lines += ["", f"Verdicts ({settings_line}): " + ", ".join(f"{k}: {v}" for k, v in counts.items()),
                   verdict_matrix(verdicts).to_string()]
     lines += [f"note: {note}" for note in notes]
     return "\n".join(lines)
+
+
+def _known(value: object) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
 def _escape(text: object) -> str:
@@ -107,7 +114,7 @@ def write_markdown(path: Path, summary: pd.DataFrame, environment: pd.DataFrame,
     env_columns = list(environment.columns)
     _table(md, ["run", "name", "started", *env_columns, "environment vs baseline"], [
         [("[B] " if row["baseline"] else "") + str(run_id), row.get("run_name", ""), row.get("start_time", ""),
-         *[environment.at[run_id, c] if run_id in environment.index else "" for c in env_columns],
+         *[_known(environment.at[run_id, c]) if run_id in environment.index else "n/a" for c in env_columns],
          "; ".join(mismatches.get(run_id, [])) or ("baseline" if row["baseline"] else "same")]
         for run_id, row in shown.iterrows()])
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from llm_perf_opt.errors import InputError
+
 # Per-stage p50 times, TTFT/TPOT, tokens/s, MFU/MBU per stage, J/token, peak memory.
 DEFAULT_HEADLINE = (
     r"prefill/ms_p50",
@@ -39,7 +41,11 @@ def headline_metrics(runs: pd.DataFrame, patterns: Sequence[str] = DEFAULT_HEADL
     names = [c[len("metrics."):] for c in runs.columns if c.startswith("metrics.")]
     ordered: list[str] = []
     for pattern in patterns:
-        regex = re.compile(pattern)
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise InputError(f"summary metric pattern {pattern!r} is not a regular expression ({exc}): "
+                             "fix summary.metrics / summary.extra_metrics (e.g. 'vision/.+_ms_p50')") from exc
         ordered += sorted(n for n in names if regex.fullmatch(n) and n not in ordered)
     return ordered
 

@@ -2,9 +2,11 @@
 
 The factory (config `model.factory`, instantiated with `device` and `dtype` added) returns either
 - an `nn.Module`, whose stage map then comes from `model.stage_map` (stage name -> dotted path), or
-- a mapping with `model` and optionally `stage_map` (names -> modules or dotted paths), `eos_token_id`
-  and `inputs` (a list of dicts of forward kwargs; default: one prompt of `model.prompt_tokens`
-  random token ids per page, passed as `input_ids`).
+- a mapping with `model` and optionally `stage_map` (names -> modules or dotted paths), `eos_token_id`,
+  `inputs` (a list of dicts of forward kwargs; default: one prompt of `model.prompt_tokens`
+  random token ids per page, passed as `input_ids`) and `costs` (known FLOPs and bytes of one
+  prefill and one decode step: {"prefill": {"flops", "bytes"}, "decode": {...}}), which MFU/MBU use
+  when no analytic model covers the module.
 
 The module's forward takes `input_ids` (plus whatever `inputs` carries) and returns logits
 (batch, seq, vocab) or an object with `.logits`. A module without a KV cache gets only the new
@@ -78,4 +80,5 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
         dtype=dtype,
         eos_token_id=built.get("eos_token_id"),
         info=info,
+        declared_costs=built.get("costs"),
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from llm_perf_opt.data.pages import Page
 from llm_perf_opt.errors import InputError
@@ -114,7 +115,11 @@ def build_config(preset: str, overrides: dict[str, Any] | None = None):
 
 
 def _set_dotted(spec: dict[str, Any], dotted: str, value: Any) -> None:
-    """architecture_overrides use dotted keys: text_config.num_hidden_layers=4."""
+    """architecture_overrides use dotted keys (text_config.num_hidden_layers: 4) or nested mappings."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _set_dotted(spec, f"{dotted}.{key}", inner)
+        return
     node = spec
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -137,7 +142,7 @@ def _load_model(cfg: Any, device: torch.device, dtype: torch.dtype):
             )
         model = DeepseekOcr2ForConditionalGeneration.from_pretrained(str(path), **common)
         return model.to(device), "checkpoint"
-    config = build_config(cfg.preset, dict(cfg.architecture_overrides or {}))
+    config = build_config(cfg.preset, OmegaConf.to_container(cfg.architecture_overrides, resolve=True) or {})
     # Build directly on the device in the target dtype: the full preset has ~3B parameters.
     with torch.device(device):
         model = DeepseekOcr2ForConditionalGeneration._from_config(config, **common)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from llm_perf_opt.data.pages import Page
 from llm_perf_opt.errors import InputError
@@ -67,7 +68,7 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
         model = AutoModelForCausalLM.from_pretrained(str(path), **common).to(device)
         weights = "checkpoint"
     else:
-        config = build_config(cfg.preset, dict(cfg.architecture_overrides or {}))
+        config = build_config(cfg.preset, OmegaConf.to_container(cfg.architecture_overrides, resolve=True) or {})
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, **common)
         weights = "random"

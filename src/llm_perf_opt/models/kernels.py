@@ -74,6 +74,9 @@ def build_gemm(
         # One input whose length is M, the "tokens" of the GEMM; the ids themselves are ignored.
         "inputs": [{"input_ids": torch.zeros(1, m, dtype=torch.long, device=device)}],
         "vocab_size": n,
+        "costs": {stage: {"flops": float(gemm_flops(m, n, k)),
+                          "bytes": float(gemm_min_bytes(m, n, k, activation.element_size()))}
+                  for stage in ("prefill", "decode")},
     }
 
 
@@ -92,4 +95,5 @@ def build_copy(
         "stage_map": {},
         "inputs": [{"input_ids": torch.zeros(1, 1, dtype=torch.long, device=device)}],
         "vocab_size": COPY_LOGITS,
+        "costs": {stage: {"flops": 0.0, "bytes": 2.0 * num_bytes} for stage in ("prefill", "decode")},
     }

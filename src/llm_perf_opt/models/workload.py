@@ -41,6 +41,9 @@ class Workload:
     dtype: torch.dtype
     eos_token_id: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # Known work per execution, declared by a `_target_` factory when no analytic model covers the
+    # module: {"prefill": {"flops": F, "bytes": B}, "decode": {...}} (decode: one step).
+    declared_costs: dict[str, dict[str, float]] | None = None
     convention: CallConvention = field(init=False)
 
     def __post_init__(self) -> None:
