@@ -19,6 +19,8 @@ accuracy  From those runs: the timed pass's CUDA-event stage time vs the summed 
           stages), and decode's busy share (kernel time / stage span) as launch-bound evidence.
 energy    From those runs: J/token from the energy metrics vs mean sampled power x decode time per
           token (goal within 10%).
+gemm      A stage that keeps the GPU busy by construction (one 8192^3 bf16 GEMM as prefill, the
+          `gemm` workload): the same accuracy check (timed event time vs kernel time in the range).
 
 Writes every sample and a summary to --out as CSV/JSON.
 
@@ -126,6 +128,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="cpu only for a dry run of the script itself")
     parser.add_argument("--sections", nargs="+", default=["overhead", "runs", "accuracy", "energy"])
     parser.add_argument("--run-overrides", nargs="*", default=[], help="extra Hydra overrides for the runs")
+    parser.add_argument("--label", default="", help="suffix of the run directories (a before/after pair)")
+    parser.add_argument("--experiment", default="gpu-truth", help="MLflow experiment of the runs")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: gpu_truth needs a CUDA device (this machine has none); --device cpu --preset tiny "
@@ -175,7 +179,9 @@ def main() -> int:
     else:
         run_dirs = sorted(p.parent for p in (args.out / "runs").glob("*/metrics.json"))
     results = {"overhead": summary}
-    if "accuracy" in args.sections:
+    if "gemm" in args.sections:
+        run_dirs.append(gemm_run(args))
+    if "accuracy" in args.sections or "gemm" in args.sections:
         results["accuracy"] = [stage_accuracy(d) for d in run_dirs]
     if "energy" in args.sections:
         results["energy"] = [energy_check(d) for d in run_dirs]
@@ -186,20 +192,37 @@ def main() -> int:
     return 0
 
 
-def profile_runs(args) -> list[Path]:
-    """Whole profiler runs, one per image mode, on the same pages, into args.out/runs."""
+def _run(args, name: str, overrides: list[str]) -> Path:
     from hydra import compose, initialize_config_dir
 
     from llm_perf_opt.profile_run import run_profile
 
+    common = [f"device={args.device}", "profiling.progress=false", "profiling.operators.inputs=1",
+              f"tracking.uri=sqlite:///{(args.out / 'mlflow.db').resolve()}", f"tracking.experiment={args.experiment}",
+              f"hardware.calibrate={'true' if args.device.startswith('cuda') else 'false'}"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=common + overrides)
+    outcome = run_profile(cfg, args.out / "runs" / name)
+    print(f"run {name}: {outcome.status} {outcome.run_dir} mlflow {outcome.mlflow_run_id} {outcome.error or ''}")
+    return outcome.run_dir
+
+
+def gemm_run(args) -> Path:
+    """The GEMM workload: prefill is one 8192^3 matmul that keeps the device busy."""
+    size = 8192 if args.device.startswith("cuda") else 256
+    return _run(args, f"gemm{args.label}", ["model=gemm", f"model.factory.m={size}", f"model.factory.n={size}",
+                                            f"model.factory.k={size}", "profiling.repeats=10", "profiling.new_tokens=2",
+                                            "profiling.operators.decode_steps=1"])
+
+
+def profile_runs(args) -> list[Path]:
+    """Whole profiler runs, one per image mode, on the same pages, into args.out/runs."""
     run_dirs = []
     for mode in args.image_modes:
         overrides = [
-            f"device={args.device}", f"model.preset={args.preset}", f"model.image_mode={mode}", f"model.dtype={args.dtype}",
-            f"profiling.repeats={args.repeats}", f"profiling.new_tokens={max(args.new_tokens)}", "profiling.progress=false",
-            "profiling.operators.inputs=1", "profiling.operators.decode_steps=8",
-            f"tracking.uri=sqlite:///{(args.out / 'mlflow.db').resolve()}", "tracking.experiment=gpu-truth",
-            f"hardware.calibrate={'true' if args.device.startswith('cuda') else 'false'}",
+            f"model.preset={args.preset}", f"model.image_mode={mode}", f"model.dtype={args.dtype}",
+            f"profiling.repeats={args.repeats}", f"profiling.new_tokens={max(args.new_tokens)}",
+            "profiling.operators.decode_steps=8",
         ]
         if (args.pages_root / "OmniDocBench.json").is_file():
             overrides += ["dataset=omnidocbench", f"dataset.root={args.pages_root.resolve()}", f"dataset.limit={args.pages}"]
@@ -207,11 +230,7 @@ def profile_runs(args) -> list[Path]:
             overrides += [f"dataset.num_pages={args.pages}"]
         if args.experts_implementation:
             overrides.append(f"model.experts_implementation={args.experts_implementation}")
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose("config", overrides=overrides + list(args.run_overrides))
-        outcome = run_profile(cfg, args.out / "runs" / f"{args.preset}_{mode}")
-        print(f"run {mode}: {outcome.status} {outcome.run_dir} mlflow {outcome.mlflow_run_id} {outcome.error or ''}")
-        run_dirs.append(outcome.run_dir)
+        run_dirs.append(_run(args, f"{args.preset}_{mode}{args.label}", overrides + list(args.run_overrides)))
     return run_dirs
 
 
@@ -222,6 +241,7 @@ def stage_accuracy(run_dir: Path) -> dict:
     first = samples[samples["input_index"] == 0]
     stages = {row["stage"]: row for row in result.get("profiled_pass", {}).get("stages", [])}
     line = {"run": run_dir.name, "input_id": first["input_id"].iloc[0] if len(first) else None}
+    line["timed_repeats"] = int(len(first))
     for stage, column in [("prefill", "prefill_ms"), ("vision/sam", "vision_sam_ms"),
                           ("vision/encoder", "vision_encoder_ms"), ("vision/projector", "vision_projector_ms")]:
         row = stages.get(stage)
