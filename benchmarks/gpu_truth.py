@@ -19,7 +19,7 @@ accuracy  From those runs: the timed pass's CUDA-event stage time vs the summed 
           stages), and decode's busy share (kernel time / stage span) as launch-bound evidence.
 energy    From those runs: J/token from the energy metrics vs mean sampled power x decode time per
           token (goal within 10%).
-gemm      A stage that keeps the GPU busy by construction (one 8192^3 bf16 GEMM as prefill, the
+gemm      A stage that keeps the GPU busy by construction (one 16384^3 bf16 GEMM as prefill, the
           `gemm` workload): the same accuracy check (timed event time vs kernel time in the range).
 
 Writes every sample and a summary to --out as CSV/JSON.
@@ -67,7 +67,8 @@ def bare_decode_ms(workload, prepared, new_tokens: int) -> tuple[float, float]:
     token, cache = prefill(model, conv, prepared.model_inputs)
     sync()
     t1 = time.perf_counter()
-    decode_n_tokens(model, conv, token, cache, new_tokens - 1)
+    with workload.decode_phase():  # the same experts switch generate() and the timed loop make
+        decode_n_tokens(model, conv, token, cache, new_tokens - 1)
     sync()
     t2 = time.perf_counter()
     return (t1 - t0) * 1e3, (t2 - t1) * 1e3
@@ -128,6 +129,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="cpu only for a dry run of the script itself")
     parser.add_argument("--sections", nargs="+", default=["overhead", "runs", "accuracy", "energy"])
     parser.add_argument("--run-overrides", nargs="*", default=[], help="extra Hydra overrides for the runs")
+    parser.add_argument("--gemm-size", type=int, default=16384, help="M = N = K of the busy-stage GEMM")
     parser.add_argument("--label", default="", help="suffix of the run directories (a before/after pair)")
     parser.add_argument("--experiment", default="gpu-truth", help="MLflow experiment of the runs")
     args = parser.parse_args()
@@ -209,7 +211,7 @@ def _run(args, name: str, overrides: list[str]) -> Path:
 
 def gemm_run(args) -> Path:
     """The GEMM workload: prefill is one 8192^3 matmul that keeps the device busy."""
-    size = 8192 if args.device.startswith("cuda") else 256
+    size = args.gemm_size if args.device.startswith("cuda") else 256
     return _run(args, f"gemm{args.label}", ["model=gemm", f"model.factory.m={size}", f"model.factory.n={size}",
                                             f"model.factory.k={size}", "profiling.repeats=10", "profiling.new_tokens=2",
                                             "profiling.operators.decode_steps=1"])

@@ -112,3 +112,29 @@ def test_uniform_routing_is_applied_and_balanced(deepseek_tiny):
 def test_model_routing_keeps_the_router():
     workload = _workload("model.moe_routing=model")
     assert workload.info["moe_routing"] == "model" and workload.info["moe_routers_switched"] == 0
+
+
+def test_decode_experts_switch_mirrors_generate_and_restores(deepseek_tiny):
+    from llm_perf_opt.profiling.generation import decode_experts_plan, decode_phase
+
+    model = deepseek_tiny.model
+    before = model.get_experts_implementation()
+    # generate() decodes with batched_mm instead of grouped_mm off the CPU, and leaves the CPU alone.
+    assert decode_experts_plan(model, "auto", torch.device("cpu")) is None
+    plan = decode_experts_plan(model, "auto", torch.device("cuda"))
+    assert plan == {k: ("batched_mm" if v == "grouped_mm" else v) for k, v in before.items()}
+    assert decode_experts_plan(model, "same", torch.device("cuda")) is None
+    with decode_phase(model, plan):
+        assert model.get_experts_implementation() == plan
+    assert model.get_experts_implementation() == before
+
+
+def test_timed_pass_decodes_with_the_planned_experts_and_restores():
+    workload = _workload("model.decode_experts_implementation=batched_mm", "model.experts_implementation=grouped_mm")
+    assert workload.info["decode_experts_implementation"] == "batched_mm"
+    seen = []
+    experts = next(m for m in workload.model.modules() if type(m).__name__.endswith("TextExperts"))
+    experts.register_forward_pre_hook(lambda module, args: seen.append(module.config._experts_implementation))
+    records = list(iter_timed_samples(workload, new_tokens=3, warmup=0, repeats=1))
+    assert records and seen == ["grouped_mm", "batched_mm", "batched_mm"]  # prefill, then 2 decode steps
+    assert workload.model.get_experts_implementation()["text_config"] == "grouped_mm"

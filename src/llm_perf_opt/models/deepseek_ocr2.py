@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 from llm_perf_opt.data.pages import Page
 from llm_perf_opt.errors import InputError
 from llm_perf_opt.models.moe_routing import apply_uniform_routing
+from llm_perf_opt.profiling.generation import decode_experts_plan
 from llm_perf_opt.models.workload import (
     PreparedInput,
     Workload,
@@ -261,6 +262,7 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
         prompt_source = "config"
 
     text_config = model.config.text_config
+    decode_experts = decode_experts_plan(model, cfg.get("decode_experts_implementation", "auto"), device)
     info = {
         "family": "deepseek_ocr2",
         "preset": cfg.preset if weights == "random" else "checkpoint",
@@ -269,6 +271,7 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
         "attn_implementation": model.config._attn_implementation,
         "experts_implementation": (model.get_experts_implementation().get("text_config")
                                    if hasattr(model, "get_experts_implementation") else None),
+        "decode_experts_implementation": (decode_experts or {}).get("text_config", "same"),
         "moe_routing": routing,
         "moe_routers_switched": routers,
         "image_mode": cfg.image_mode,
@@ -289,4 +292,5 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
         dtype=dtype,
         eos_token_id=text_config.eos_token_id,
         info=info,
+        decode_experts=decode_experts,
     )

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from llm_perf_opt.data.pages import Page
 from llm_perf_opt.errors import InputError
 from llm_perf_opt.models.moe_routing import apply_uniform_routing, find_routers
+from llm_perf_opt.profiling.generation import decode_experts_plan
 from llm_perf_opt.models.workload import (
     PreparedInput,
     Workload,
@@ -58,6 +59,8 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
 
     dtype = resolve_dtype(cfg.dtype, device)
     common = dict(dtype=dtype, attn_implementation=cfg.attn_implementation)
+    if cfg.get("experts_implementation"):
+        common["experts_implementation"] = cfg.experts_implementation
     if cfg.path:
         path = Path(cfg.path).expanduser().resolve()
         if not (path / "config.json").is_file():
@@ -92,6 +95,7 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
         input_ids = torch.tensor([ids], device=device)
         inputs.append(PreparedInput(page.page_id, {"input_ids": input_ids}, len(ids), 0, {"source": page.source}))
 
+    decode_experts = decode_experts_plan(model, cfg.get("decode_experts_implementation", "auto"), device)
     info = {
         "family": "hf_causal_lm",
         "preset": cfg.preset if weights == "random" else "checkpoint",
@@ -99,6 +103,9 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
         "model_type": model.config.model_type,
         "dtype": dtype_name(dtype),
         "attn_implementation": model.config._attn_implementation,
+        "experts_implementation": (model.get_experts_implementation().get("")
+                                   if hasattr(model, "get_experts_implementation") else None),
+        "decode_experts_implementation": (decode_experts or {}).get("", "same"),
         "moe_routing": routing,
         "moe_routers_switched": routers,
         "prompt_source": "random_ids",
@@ -114,4 +121,5 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
         dtype=dtype,
         eos_token_id=eos[0] if isinstance(eos, list) else eos,
         info=info,
+        decode_experts=decode_experts,
     )

@@ -44,10 +44,18 @@ class Workload:
     # Known work per execution, declared by a `_target_` factory when no analytic model covers the
     # module: {"prefill": {"flops": F, "bytes": B}, "decode": {...}} (decode: one step).
     declared_costs: dict[str, dict[str, float]] | None = None
+    # The experts implementation for decode steps (generation.decode_experts_plan), None: unchanged.
+    decode_experts: dict[str, str] | None = None
     convention: CallConvention = field(init=False)
 
     def __post_init__(self) -> None:
         self.convention = CallConvention.detect(self.model)
+
+    def decode_phase(self):
+        """Context for the decode steps of every pass (timed, profiled, counted, benchmarks)."""
+        from llm_perf_opt.profiling.generation import decode_phase
+
+        return decode_phase(self.model, self.decode_experts)
         if not self.inputs:
             raise InputError(f"workload '{self.family}' has no inputs: check the dataset settings (num_pages, limit, subset)")
 

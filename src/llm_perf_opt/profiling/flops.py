@@ -225,13 +225,14 @@ def count_stage_flops(workload, *, input_index: int = 0, decode_steps: int = 2) 
                 token, cache = prefill(model, convention, prepared.model_inputs)
                 hooks.enabled = False
             prefill_ops = _global_ops(counter)
-            for _ in range(decode_steps):
-                with counter:  # entering clears the counts: one step per context
-                    token, cache = decode_one_token(model, convention, token, cache)
-                step_ops = _global_ops(counter)
-                steps.append(float(sum(step_ops.values())))
-                for op, flops in step_ops.items():
-                    decode_ops[op] += flops
+            with workload.decode_phase():
+                for _ in range(decode_steps):
+                    with counter:  # entering clears the counts: one step per context
+                        token, cache = decode_one_token(model, convention, token, cache)
+                    step_ops = _global_ops(counter)
+                    steps.append(float(sum(step_ops.values())))
+                    for op, flops in step_ops.items():
+                        decode_ops[op] += flops
     finally:
         hooks.remove()
     ran = [stage for stage, calls in hooks.calls.items() if calls]

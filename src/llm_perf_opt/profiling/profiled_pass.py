@@ -190,8 +190,9 @@ def _one_sample(workload: Workload, prepared: PreparedInput, decode_steps: int, 
     model, convention = workload.model, workload.convention
     if ranges is None:
         token, cache = prefill(model, convention, prepared.model_inputs)
-        for _ in range(decode_steps):
-            token, cache = decode_one_token(model, convention, token, cache)
+        with workload.decode_phase():
+            for _ in range(decode_steps):
+                token, cache = decode_one_token(model, convention, token, cache)
         return
     with ranges.stage("prefill"):
         ranges.enabled = True  # sub-stage hooks fire only inside prefill
@@ -199,9 +200,10 @@ def _one_sample(workload: Workload, prepared: PreparedInput, decode_steps: int, 
             token, cache = prefill(model, convention, prepared.model_inputs)
         finally:
             ranges.enabled = False
-    for _ in range(decode_steps):
-        with ranges.stage("decode"):
-            token, cache = decode_one_token(model, convention, token, cache)
+    with workload.decode_phase():
+        for _ in range(decode_steps):
+            with ranges.stage("decode"):
+                token, cache = decode_one_token(model, convention, token, cache)
 
 
 def _export_gzipped_trace(prof: profile, target: Path) -> None:

@@ -108,11 +108,12 @@ def time_one_sample(
         # The caching allocator's statistics are host-side: reading them does not synchronise.
         memory["prefill_peak_mem_mib"] = _cuda_peak_mib(device)
         torch.cuda.reset_peak_memory_stats(device)
-    decode_n_tokens(
-        model, convention, token, cache, new_tokens - 1,
-        on_step=lambda: step_marks.append(clock.mark()),
-        eos_token_id=workload.eos_token_id if stop_at_eos else None,
-    )
+    with workload.decode_phase():  # the experts implementation generate() decodes with
+        decode_n_tokens(
+            model, convention, token, cache, new_tokens - 1,
+            on_step=lambda: step_marks.append(clock.mark()),
+            eos_token_id=workload.eos_token_id if stop_at_eos else None,
+        )
     if on_cuda:
         memory["decode_peak_mem_mib"] = _cuda_peak_mib(device)
     clock.synchronize()
