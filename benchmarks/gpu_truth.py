@@ -87,10 +87,11 @@ def generate_ms(workload, prepared, new_tokens: int) -> float:
 def overhead_rows(workload, new_tokens: int, repeats: int) -> list[dict]:
     rows = []
     with torch.inference_mode():
-        # Warm every path once (kernel selection, allocator) before timing any of them.
+        # Warm every path on every input (kernel selection, allocator) before timing any of them.
         list(iter_timed_samples(workload, new_tokens, warmup=1, repeats=0))
-        bare_decode_ms(workload, workload.inputs[0], new_tokens)
-        generate_ms(workload, workload.inputs[0], new_tokens)
+        for prepared in workload.inputs:
+            bare_decode_ms(workload, prepared, new_tokens)
+            generate_ms(workload, prepared, new_tokens)
         for repeat in range(repeats):
             # Interleave the three loops per repeat so drifts (clocks, temperature) hit all of them.
             for index, prepared in enumerate(workload.inputs):
@@ -104,6 +105,18 @@ def overhead_rows(workload, new_tokens: int, repeats: int) -> list[dict]:
                     "generate_e2e_ms": gen,
                 })
     return rows
+
+
+def event_record_cost_us(count: int = 20000) -> float:
+    """Host cost of what the timed loop adds per decode step: creating and recording one CUDA event."""
+    clock = StageClock("cuda")
+    clock.synchronize()
+    start = time.perf_counter()
+    for _ in range(count):
+        clock.mark()
+    elapsed = time.perf_counter() - start
+    clock.synchronize()
+    return elapsed / count * 1e6
 
 
 def _timed_one(workload, prepared, new_tokens: int) -> dict:
@@ -156,6 +169,9 @@ def main() -> int:
             all_rows += rows
             frame = pd.DataFrame(rows)
             steps = new_tokens - 1
+            # Paired ratios (same repeat, same input, run back to back) cancel the host's slow drifts.
+            paired_tpot = statistics.median(frame["timed_decode_ms"] / frame["bare_decode_ms"])
+            paired_e2e = statistics.median(frame["timed_e2e_ms"] / frame["generate_e2e_ms"])
             timed_tpot = statistics.median(frame["timed_decode_ms"] / steps)
             bare_tpot = statistics.median(frame["bare_decode_ms"] / steps)
             timed_e2e = statistics.median(frame["timed_e2e_ms"])
@@ -164,6 +180,7 @@ def main() -> int:
                 "image_mode": mode, "new_tokens": new_tokens, "samples": len(frame),
                 "timed_tpot_ms": timed_tpot, "bare_tpot_ms": bare_tpot, "tpot_ratio_timed_over_bare": timed_tpot / bare_tpot,
                 "timed_e2e_ms": timed_e2e, "generate_e2e_ms": gen_e2e, "e2e_ratio_timed_over_generate": timed_e2e / gen_e2e,
+                "paired_tpot_ratio_timed_over_bare": paired_tpot, "paired_e2e_ratio_timed_over_generate": paired_e2e,
                 "timed_prefill_ms": statistics.median(frame["timed_prefill_ms"]),
                 "bare_prefill_ms": statistics.median(frame["bare_prefill_ms"]),
             }
@@ -172,6 +189,8 @@ def main() -> int:
         del workload
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if summary and device.type == "cuda":
+        print(json.dumps({"event_record_us": event_record_cost_us()}))
     if summary:
         pd.DataFrame(all_rows).to_csv(args.out / "overhead_samples.csv", index=False)
         pd.DataFrame(summary).to_csv(args.out / "overhead_summary.csv", index=False)

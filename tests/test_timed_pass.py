@@ -138,3 +138,16 @@ def test_timed_pass_decodes_with_the_planned_experts_and_restores():
     records = list(iter_timed_samples(workload, new_tokens=3, warmup=0, repeats=1))
     assert records and seen == ["grouped_mm", "batched_mm", "batched_mm"]  # prefill, then 2 decode steps
     assert workload.model.get_experts_implementation()["text_config"] == "grouped_mm"
+
+
+def test_warmup_covers_every_input(monkeypatch):
+    from llm_perf_opt.profiling import timed_pass
+
+    workload = _workload("dataset.num_pages=2")
+    seen = []
+    real = timed_pass.time_one_sample
+    monkeypatch.setattr(timed_pass, "time_one_sample",
+                        lambda wl, prepared, *a, **k: seen.append(prepared.input_id) or real(wl, prepared, *a, **k))
+    records = list(iter_timed_samples(workload, new_tokens=2, warmup=1, repeats=1))
+    ids = [p.input_id for p in workload.inputs]
+    assert seen == ids + ids and [r.row["input_id"] for r in records] == ids

@@ -195,7 +195,7 @@ def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
 
     records: list[SampleRecord] = []
     status, error = "FINISHED", None
-    total = int(prof.warmup) + int(prof.repeats) * len(workload.inputs)
+    total = (int(prof.warmup) + int(prof.repeats)) * len(workload.inputs)
     sampler = (NvmlSampler(env.get("device_index", 0), float(prof.energy.interval_ms))
                if bool(prof.energy.enabled) and device.type == "cuda" else None)
     stage_costs: dict[str, dict[str, float]] = {}

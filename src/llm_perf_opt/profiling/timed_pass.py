@@ -169,7 +169,11 @@ def iter_timed_samples(
     stop_at_eos: bool = False,
     progress: Any = None,
 ) -> Iterator[SampleRecord]:
-    """Yield one record per (repeat, input) after `warmup` untimed samples.
+    """Yield one record per (repeat, input) after `warmup` untimed samples of every input.
+
+    Every input is warmed, not just the first: inputs of other shapes (another tile count, another
+    prompt length) select other kernels and grow the allocator on first use, which measured on an
+    H200 as a 4x slower first decode of the second page when only the first page was warmed.
 
     A generator, so that whatever was measured before a failure is already in the caller's hands.
     `progress` is a tqdm-like object (`update(n)`) or None.
@@ -180,11 +184,11 @@ def iter_timed_samples(
     recorder = SubStageRecorder(clock, workload.stage_modules)
     try:
         with torch.inference_mode():
-            for index in range(warmup):
-                time_one_sample(workload, workload.inputs[index % len(workload.inputs)], new_tokens, clock, recorder,
-                                stop_at_eos)
-                if progress is not None:
-                    progress.update(1)
+            for _ in range(warmup):
+                for prepared in workload.inputs:
+                    time_one_sample(workload, prepared, new_tokens, clock, recorder, stop_at_eos)
+                    if progress is not None:
+                        progress.update(1)
             for repeat in range(repeats):
                 for sample_index, prepared in enumerate(workload.inputs):
                     record = time_one_sample(workload, prepared, new_tokens, clock, recorder, stop_at_eos)
