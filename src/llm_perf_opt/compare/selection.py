@@ -8,13 +8,12 @@ Rows come back oldest first; the baseline defaults to the oldest selected run.
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 
+from llm_perf_opt.gc_paused import gc_paused
 from llm_perf_opt.errors import InputError
 
 KIND_TAG = "llm_perf_opt.kind"
@@ -79,20 +78,6 @@ def _experiment_ids(tracking_uri: str, names: Sequence[str]) -> list[str] | None
     return ids
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while MLflow's SQLAlchemy store builds one ORM object per metric,
-    param and tag row (~160k for 1,000 runs): the collector re-traverses them on every generation
-    threshold and made the query 3x slower (benchmarks/compare_1000_runs.py). Nothing here forms cycles
-    that need collecting in the meantime; the collector's state is restored afterwards."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
 
 def search_profile_runs(tracking_uri: str, selection: RunSelection) -> pd.DataFrame:
     """One search_runs query; rows sorted oldest first. Raises InputError for an invalid filter."""
@@ -102,7 +87,7 @@ def search_profile_runs(tracking_uri: str, selection: RunSelection) -> pd.DataFr
     experiment_ids = _experiment_ids(tracking_uri, selection.experiments)
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        with _gc_paused():
+        with gc_paused():
             runs = mlflow.search_runs(
                 experiment_ids=experiment_ids,
                 search_all_experiments=experiment_ids is None,

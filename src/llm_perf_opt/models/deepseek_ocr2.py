@@ -34,7 +34,9 @@ from llm_perf_opt.profiling.generation import decode_experts_plan
 from llm_perf_opt.models.workload import (
     PreparedInput,
     Workload,
+    checkpoint_dir,
     count_parameters,
+    load_kwargs,
     dtype_name,
     resolve_dtype,
     resolve_stage_map,
@@ -131,16 +133,9 @@ def _set_dotted(spec: dict[str, Any], dotted: str, value: Any) -> None:
 def _load_model(cfg: Any, device: torch.device, dtype: torch.dtype):
     from transformers import DeepseekOcr2ForConditionalGeneration
 
-    common = dict(dtype=dtype, attn_implementation=cfg.attn_implementation)
-    if cfg.experts_implementation:
-        common["experts_implementation"] = cfg.experts_implementation
+    common = load_kwargs(cfg, dtype)
     if cfg.path:
-        path = Path(cfg.path).expanduser().resolve()
-        if not (path / "config.json").is_file():
-            raise InputError(
-                f"model.path={cfg.path} is not a checkpoint directory (no config.json at {path}): "
-                "point it at a local DeepSeek-OCR-2 directory, or unset it to build from model.preset"
-            )
+        path = checkpoint_dir(cfg.path, "DeepSeek-OCR-2")
         model = DeepseekOcr2ForConditionalGeneration.from_pretrained(str(path), **common)
         return model.to(device), "checkpoint"
     config = build_config(cfg.preset, OmegaConf.to_container(cfg.architecture_overrides, resolve=True) or {})

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import random
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +20,9 @@ from llm_perf_opt.profiling.generation import decode_experts_plan
 from llm_perf_opt.models.workload import (
     PreparedInput,
     Workload,
+    checkpoint_dir,
     count_parameters,
+    load_kwargs,
     dtype_name,
     resolve_dtype,
     resolve_stage_map,
@@ -58,16 +59,9 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
     from transformers import AutoModelForCausalLM
 
     dtype = resolve_dtype(cfg.dtype, device)
-    common = dict(dtype=dtype, attn_implementation=cfg.attn_implementation)
-    if cfg.get("experts_implementation"):
-        common["experts_implementation"] = cfg.experts_implementation
+    common = load_kwargs(cfg, dtype)
     if cfg.path:
-        path = Path(cfg.path).expanduser().resolve()
-        if not (path / "config.json").is_file():
-            raise InputError(
-                f"model.path={cfg.path} is not a checkpoint directory (no config.json at {path}): "
-                "point it at a local transformers model directory, or unset it to build from model.preset"
-            )
+        path = checkpoint_dir(cfg.path, "transformers model")
         model = AutoModelForCausalLM.from_pretrained(str(path), **common).to(device)
         weights = "checkpoint"
     else:

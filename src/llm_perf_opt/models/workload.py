@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -130,6 +131,25 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dtype, str(dtype))
+
+
+def load_kwargs(cfg: Any, dtype: torch.dtype) -> dict[str, Any]:
+    """from_pretrained/_from_config keyword arguments shared by the transformers families."""
+    kwargs: dict[str, Any] = dict(dtype=dtype, attn_implementation=cfg.attn_implementation)
+    if cfg.get("experts_implementation"):
+        kwargs["experts_implementation"] = cfg.experts_implementation
+    return kwargs
+
+
+def checkpoint_dir(path: str, what: str) -> Path:
+    """A local checkpoint directory (one with config.json), or an InputError saying how to fix it."""
+    resolved = Path(path).expanduser().resolve()
+    if not (resolved / "config.json").is_file():
+        raise InputError(
+            f"model.path={path} is not a checkpoint directory (no config.json at {resolved}): "
+            f"point it at a local {what} directory, or unset it to build from model.preset"
+        )
+    return resolved
 
 
 def count_parameters(model: nn.Module) -> int:

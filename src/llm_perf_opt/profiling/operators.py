@@ -30,12 +30,10 @@ trace_postprocess_1m.py). Units: *_ms columns are milliseconds, *_bytes are byte
 
 from __future__ import annotations
 
-import gc
 import gzip
 import json
 import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -84,27 +82,12 @@ class TraceAttribution:
     misnested_events: int
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while millions of acyclic objects (tuples, dicts) are built.
-
-    Each collection of the oldest generation walks every live object, the trace's million dicts
-    included; the objects built here hold no cycles, so the pauses are pure cost (about 40% of the time).
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
 
 def load_trace(path: str | Path) -> dict[str, Any]:
     """A Chrome trace as a dict; `.gz` files are decompressed (the profiled pass writes trace.json.gz)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle, _gc_paused():
+    with opener(path, "rt", encoding="utf-8") as handle, gc_paused():
         return json.load(handle)
 
 
@@ -260,7 +243,7 @@ def _attribute_stages(start_ns: np.ndarray, ranges: pd.DataFrame) -> np.ndarray:
 def attribute_trace(trace: dict[str, Any]) -> TraceAttribution:
     """Stage, parent, self time and device time of every event of a Chrome trace (see module doc)."""
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    with _gc_paused():
+    with gc_paused():
         host, device = _extract(events)
     on_device = len(device) > 0
     has_memory = bool((host["cat"] == MEMORY_CATEGORY).any())
@@ -537,3 +520,4 @@ def write_operator_artifacts(run_dir: str | Path, operators: pd.DataFrame, kerne
             frame_table(md, rows, ["name", "calls", "device_ms", "mean_device_ms"])
     written.append(write_markdown(md, run_dir / "operators.md"))
     return written
+from llm_perf_opt.gc_paused import gc_paused

@@ -52,6 +52,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from llm_perf_opt.errors import InputError
 from llm_perf_opt.models.workload import PreparedInput, Workload
+from llm_perf_opt.profiling.clock import StageClock
 from llm_perf_opt.profiling.generation import decode_one_token, prefill
 from llm_perf_opt.profiling.operators import (
     STAGE_PREFIX,
@@ -179,11 +180,6 @@ class StageRanges:
             self._pop()
         for handle in self._handles:
             handle.remove()
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _one_sample(workload: Workload, prepared: PreparedInput, decode_steps: int, ranges: StageRanges | None) -> None:
@@ -317,11 +313,11 @@ def run_profiled_pass(
     try:
         with torch.inference_mode():
             _one_sample(workload, workload.inputs[0], max(decode_steps, 1), None)  # warmup, not profiled
-            _synchronize(device)
+            StageClock(device).synchronize()
             with profile(activities=activities, record_shapes=record_shapes, profile_memory=profile_memory) as prof:
                 for prepared in workload.inputs[:num_inputs]:
                     _one_sample(workload, prepared, decode_steps, ranges)
-                _synchronize(device)  # the last kernels must finish inside the profiling window
+                StageClock(device).synchronize()  # the last kernels must finish inside the profiling window
     finally:
         ranges.remove()
 
