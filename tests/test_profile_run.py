@@ -80,6 +80,9 @@ def test_mlflow_run_mirrors_the_run_directory(default_run):
     assert metrics == pytest.approx(local)
     artifacts = {a.path for a in client.list_artifacts(outcome.mlflow_run_id)}
     assert RUN_FILES <= artifacts
+    # The profiled pass's and the reports' artifacts are there too (kernels.csv only on a GPU).
+    assert {"trace.json.gz", "operators.csv", "operators.md", "report.md", "stakeholder_summary.md",
+            "counts.json"} <= artifacts
     # And through the tracking API users query with.
     found = mlflow.search_runs(experiment_names=["llm-perf-opt"], filter_string="tags.preset = 'tiny'",
                                output_format="pandas") if mlflow.set_tracking_uri(uri) is None else None
