@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from llm_perf_opt.data.pages import Page
 from llm_perf_opt.errors import InputError
-from llm_perf_opt.models.moe_routing import apply_uniform_routing
+from llm_perf_opt.models.moe_routing import apply_routing_choice
 from llm_perf_opt.profiling.generation import decode_experts_plan
 from llm_perf_opt.models.workload import (
     PreparedInput,
@@ -241,12 +241,7 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
     model, weights = _load_model(cfg, device, dtype)
     model.eval()
 
-    routing = cfg.moe_routing
-    if routing == "auto":
-        routing = "uniform" if weights == "random" else "model"
-    if routing not in ("uniform", "model"):
-        raise InputError(f"model.moe_routing={cfg.moe_routing} is unknown: use auto, uniform or model")
-    routers = apply_uniform_routing(model, seed) if routing == "uniform" else 0
+    routing, routers = apply_routing_choice(model, cfg.moe_routing, weights, seed)
 
     processor = _load_processor(cfg.path)
     if processor is not None:

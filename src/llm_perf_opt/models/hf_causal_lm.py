@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from llm_perf_opt.data.pages import Page
 from llm_perf_opt.errors import InputError
-from llm_perf_opt.models.moe_routing import apply_uniform_routing, find_routers
+from llm_perf_opt.models.moe_routing import apply_routing_choice
 from llm_perf_opt.profiling.generation import decode_experts_plan
 from llm_perf_opt.models.workload import (
     PreparedInput,
@@ -71,10 +71,7 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
         weights = "random"
     model.eval()
 
-    routing = cfg.moe_routing
-    if routing == "auto":
-        routing = "uniform" if weights == "random" and find_routers(model) else "model"
-    routers = apply_uniform_routing(model, seed) if routing == "uniform" else 0
+    routing, routers = apply_routing_choice(model, cfg.moe_routing, weights, seed)
 
     vocab = model.config.vocab_size
     special = {model.config.bos_token_id, model.config.eos_token_id, getattr(model.config, "pad_token_id", None)}

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_perf_opt.errors import InputError
+
 
 def _is_topk_router(module: nn.Module) -> bool:
     # transformers' DeepSeek-style routers (DeepseekOcr2TextTopkRouter, ...): a `weight` of shape
@@ -48,3 +50,16 @@ def apply_uniform_routing(model: nn.Module, seed: int = 0) -> int:
         router._uniform_generator = torch.Generator(device=device).manual_seed(seed + index)
         router.forward = types.MethodType(_uniform_forward, router)
     return len(routers)
+
+
+def apply_routing_choice(model: nn.Module, requested: str, weights: str, seed: int = 0) -> tuple[str, int]:
+    """Resolve `model.moe_routing` and apply it: returns (routing that ran, routers switched).
+
+    `auto` is uniform for random weights when the model has top-k routers, else the model's own.
+    """
+    if requested not in ("auto", "uniform", "model"):
+        raise InputError(f"model.moe_routing={requested} is unknown: use auto, uniform or model")
+    routing = requested
+    if routing == "auto":
+        routing = "uniform" if weights == "random" and find_routers(model) else "model"
+    return routing, (apply_uniform_routing(model, seed) if routing == "uniform" else 0)

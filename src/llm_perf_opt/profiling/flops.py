@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from llm_perf_opt.errors import InputError
 from llm_perf_opt.profiling.analytic import StageCost
 from llm_perf_opt.profiling.generation import decode_one_token, prefill
+from llm_perf_opt.profiling.stage_hooks import StageHooks
 
 aten = torch.ops.aten
 log = logging.getLogger(__name__)
@@ -127,42 +128,29 @@ def _global_ops(counter: FlopCounterMode) -> dict[str, int]:
     return {_op_name(op): int(flops) for op, flops in counter.flop_counts.get("Global", {}).items()}
 
 
-class _StageFlopHooks:
-    """Forward hooks adding, per stage, the FLOPs counted between each call's entry and exit.
+class _StageFlopHooks(StageHooks):
+    """Adds, per stage, the FLOPs counted between each call's entry and exit (while enabled).
 
     Enabled during prefill only, like the timed pass's sub-stage timers (sub-stages nest in prefill).
     """
 
     def __init__(self, counter: FlopCounterMode, stage_modules: dict[str, torch.nn.Module]):
         self.counter = counter
-        self.enabled = False
         self.ops: dict[str, dict[str, int]] = {stage: defaultdict(int) for stage in stage_modules}
         self.calls: dict[str, int] = {stage: 0 for stage in stage_modules}
         self._entries: dict[str, list[dict[str, int]]] = {stage: [] for stage in stage_modules}
-        self._handles = []
-        for stage, module in stage_modules.items():
-            self._handles.append(module.register_forward_pre_hook(self._pre(stage)))
-            self._handles.append(module.register_forward_hook(self._post(stage)))
+        super().__init__(stage_modules, self._enter, self._exit)
 
-    def _pre(self, stage: str):
-        def hook(module, args):
-            if self.enabled:
-                self._entries[stage].append(_global_ops(self.counter))
-        return hook
+    def _enter(self, stage: str) -> None:
+        self._entries[stage].append(_global_ops(self.counter))
 
-    def _post(self, stage: str):
-        def hook(module, args, output):
-            if self.enabled and self._entries[stage]:
-                before = self._entries[stage].pop()
-                for op, flops in _global_ops(self.counter).items():
-                    if flops - before.get(op, 0):
-                        self.ops[stage][op] += flops - before.get(op, 0)
-                self.calls[stage] += 1
-        return hook
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+    def _exit(self, stage: str) -> None:
+        if self._entries[stage]:
+            before = self._entries[stage].pop()
+            for op, flops in _global_ops(self.counter).items():
+                if flops - before.get(op, 0):
+                    self.ops[stage][op] += flops - before.get(op, 0)
+            self.calls[stage] += 1
 
 
 @dataclass

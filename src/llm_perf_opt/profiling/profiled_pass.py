@@ -53,6 +53,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from llm_perf_opt.errors import InputError
 from llm_perf_opt.models.workload import PreparedInput, Workload
 from llm_perf_opt.profiling.clock import StageClock
+from llm_perf_opt.profiling.stage_hooks import StageHooks
 from llm_perf_opt.profiling.generation import decode_one_token, prefill
 from llm_perf_opt.profiling.operators import (
     STAGE_PREFIX,
@@ -127,7 +128,7 @@ class ProfiledPass:
         }
 
 
-class StageRanges:
+class StageRanges(StageHooks):
     """record_function (and, on a GPU, NVTX) ranges for the stage modules' forward calls.
 
     While `enabled`, a stage module's pre-hook opens its range and its post-hook closes it. `stage()`
@@ -137,20 +138,11 @@ class StageRanges:
 
     def __init__(self, stage_modules: Mapping[str, torch.nn.Module], use_nvtx: bool):
         self.use_nvtx = use_nvtx
-        self.enabled = False
         self._open: list[tuple[str, Any]] = []
-        self._handles = []
-        for stage, module in stage_modules.items():
-            name = STAGE_PREFIX + stage
-            self._handles.append(module.register_forward_pre_hook(lambda m, args, name=name: self._on_pre(name)))
-            self._handles.append(module.register_forward_hook(lambda m, args, out, name=name: self._on_post(name)))
+        super().__init__(stage_modules, lambda stage: self._push(STAGE_PREFIX + stage), self._on_exit)
 
-    def _on_pre(self, name: str) -> None:
-        if self.enabled:
-            self._push(name)
-
-    def _on_post(self, name: str) -> None:
-        if self.enabled and self._open and self._open[-1][0] == name:
+    def _on_exit(self, stage: str) -> None:
+        if self._open and self._open[-1][0] == STAGE_PREFIX + stage:
             self._pop()
 
     def _push(self, name: str) -> None:
@@ -178,8 +170,7 @@ class StageRanges:
     def remove(self) -> None:
         while self._open:
             self._pop()
-        for handle in self._handles:
-            handle.remove()
+        super().remove()
 
 
 def _one_sample(workload: Workload, prepared: PreparedInput, decode_steps: int, ranges: StageRanges | None) -> None:

@@ -27,6 +27,7 @@ import torch
 from llm_perf_opt.models.workload import PreparedInput, Workload
 from llm_perf_opt.profiling.clock import Mark, StageClock
 from llm_perf_opt.profiling.generation import decode_n_tokens, prefill
+from llm_perf_opt.profiling.stage_hooks import StageHooks
 
 
 def stage_column(stage: str) -> str:
@@ -34,40 +35,24 @@ def stage_column(stage: str) -> str:
     return stage.replace("/", "_").replace(".", "_") + "_ms"
 
 
-class SubStageRecorder:
-    """Forward hooks that mark the start and end of every call of the stage modules."""
+class SubStageRecorder(StageHooks):
+    """Marks the clock at the start and end of every call of the stage modules (while enabled)."""
 
     def __init__(self, clock: StageClock, stage_modules: dict[str, torch.nn.Module]):
         self.clock = clock
-        self.enabled = False
         self.intervals: list[tuple[str, Mark, Mark]] = []
         self._open: dict[str, list[Mark]] = {}
-        self._handles = []
-        for stage, module in stage_modules.items():
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook(stage)))
-            self._handles.append(module.register_forward_hook(self._post_hook(stage)))
+        super().__init__(stage_modules, self._enter, self._exit)
 
-    def _pre_hook(self, stage: str):
-        def hook(module, args):
-            if self.enabled:
-                self._open.setdefault(stage, []).append(self.clock.mark())
+    def _enter(self, stage: str) -> None:
+        self._open.setdefault(stage, []).append(self.clock.mark())
 
-        return hook
-
-    def _post_hook(self, stage: str):
-        def hook(module, args, output):
-            if self.enabled:
-                self.intervals.append((stage, self._open[stage].pop(), self.clock.mark()))
-
-        return hook
+    def _exit(self, stage: str) -> None:
+        self.intervals.append((stage, self._open[stage].pop(), self.clock.mark()))
 
     def take(self) -> list[tuple[str, Mark, Mark]]:
         intervals, self.intervals = self.intervals, []
         return intervals
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
 
 
 @dataclass
