@@ -78,6 +78,8 @@ def test_mlflow_run_mirrors_the_run_directory(default_run):
         assert metrics[name] > 0, name
     local = json.loads((outcome.run_dir / "metrics.json").read_text())["metrics"]
     assert metrics == pytest.approx(local)
+    assert 0 <= metrics["coverage/prefill_no_formula_share"] <= 1
+    assert 0 <= metrics["coverage/vision_sam_no_formula_share"] <= 1
     artifacts = {a.path for a in client.list_artifacts(outcome.mlflow_run_id)}
     assert RUN_FILES <= artifacts
     # The profiled pass's and the reports' artifacts are there too (kernels.csv only on a GPU).

@@ -140,6 +140,21 @@ def counted_pass(workload: Any, prof: DictConfig, out: RunDirectory) -> tuple[di
     return stage_costs, counting_metrics(stage_costs, *first)
 
 
+def _flop_coverage_metrics(operators: pd.DataFrame) -> dict[str, float]:
+    """coverage/<stage>_no_formula_share: profiled time in operators FlopCounterMode has no formula
+    for (copies, elementwise, norms, ...); one warning when it is large, since MFU then understates
+    the stage's work rather than measuring idle compute."""
+    import warnings
+
+    from llm_perf_opt.profiling.flops import coverage_warning, flop_coverage
+
+    coverage = flop_coverage(operators)
+    message = coverage_warning(coverage)
+    if message:
+        warnings.warn(message, stacklevel=2)
+    return {f"coverage/{stage.replace('/', '_')}_no_formula_share": share for stage, share in coverage.items()}
+
+
 def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
     """Profile the configured workload. Raises InputError for bad input before anything is measured."""
     from llm_perf_opt.models.workload import resolve_device
@@ -240,6 +255,7 @@ def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
                                          record_shapes=bool(ops_cfg.record_shapes), top_n=int(ops_cfg.top_n))
             overhead, profiled_entries = metrics_for_run(profiled, summary, int(ops_cfg.top_n))
             metrics.update(overhead)
+            metrics.update(_flop_coverage_metrics(profiled.operators))
         except Exception as exc:
             status, error = "FAILED", f"{type(exc).__name__}: {exc}"
             out.write_text("error.txt", f"{error}\n\n{traceback.format_exc()}")
