@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from llm_perf_opt.data import load_pages
 from llm_perf_opt.models import build_workload
+from llm_perf_opt.paths import PROJECT_ROOT
 from llm_perf_opt.profiling.efficiency import bound_tags, efficiency_metrics, stage_efficiency, stage_times_from_summary
 from llm_perf_opt.profiling.energy import NvmlSampler, energy_per_stage
 from llm_perf_opt.profiling.environment import capture_environment
@@ -34,7 +35,6 @@ from llm_perf_opt.tracking.mlflow_tracker import MlflowTracker, flatten, resolve
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -10,8 +10,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from llm_perf_opt.errors import InputError
+from llm_perf_opt.paths import CONF_DIR
 
-CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
