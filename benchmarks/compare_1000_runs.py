@@ -1,12 +1,13 @@
 """How long does `llm-perf-opt compare` take to summarise 1,000 tracked runs? (goal: <= 10 s)
 
 Creates 1,000 profile runs in a temporary SQLite MLflow store, each with the metric, param and tag
-set a real DeepSeek-OCR-2 run logs (about 100 metrics, 70 params, 10 tags; one `log_batch` per run; not
-timed), then times the summary the compare command builds: one `mlflow.search_runs` query, the
-headline table with ratios to the baseline, and the environment check from tags (no per-sample
-verdicts, which read files per run). Prints the seconds and the machine; then, for reference, the
-whole compare command in-process (config, summary, comparison.md/csv, plots of the first 30 runs, the
-comparison MLflow run with its artifacts).
+set a real DeepSeek-OCR-2 GPU run logs (about 150 metrics named by llm_perf_opt.schema, 62 params,
+8 tags; one `log_batch` per run; not timed), then times the summary the compare command builds: one
+search_runs query, the headline table with ratios to the baseline, and the environment check from
+tags (no per-sample verdicts, which read files per run; no run record, so stages in name order).
+Prints the seconds and the machine; then, for reference, the whole compare command in-process
+(config, summary, comparison.md/csv, plots of the first 30 runs, the comparison MLflow run with its
+artifacts).
 
     python benchmarks/compare_1000_runs.py [--runs 1000] [--repeats 3]
 """
@@ -28,18 +29,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from llm_perf_opt.compare.comparison import summarize_runs  # noqa: E402
 from llm_perf_opt.compare.environment import environment_mismatches  # noqa: E402
 from llm_perf_opt.compare.selection import RunSelection  # noqa: E402
-from llm_perf_opt.profiling.summary_stats import STATS, metric_names_for  # noqa: E402
+from llm_perf_opt.schema import DECODE, DEVICE_GROUP, E2E, PREFILL, RUN_GROUP, STATS, StageTree, metric_key  # noqa: E402
 
-STAGES = ["vision/sam", "vision/encoder", "vision/projector"]
+SUB_STAGES = [("vision", "sam"), ("vision", "encoder"), ("vision", "projector")]  # DeepSeek-OCR-2's stage map
 EXPERIMENT = "bench-compare"
 
 
 def metric_names() -> list[str]:
-    names = [f"{base}_{stat}" for base in metric_names_for(STAGES).values() for stat in STATS]
-    names = [n for n in names if not n.startswith("memory/")]  # CPU-like: no peak memory...
-    names += ["memory/prefill_peak_mib_max", "memory/decode_peak_mib_max"]  # ...but a GPU run logs these
-    names += [f"efficiency/{s}_{k}" for s in ("prefill", "decode") for k in ("mfu", "mbu")]
-    return names + ["energy/j_per_token", "samples/count"]
+    """The metric names of a GPU profile run of that workload, made by the schema."""
+    tree = StageTree.from_paths(SUB_STAGES)
+    timed = {stage.key: ["ms"] for stage in tree}
+    timed[DECODE] += ["tpot_ms", "step_ms", "tokens_per_s"]
+    timed[E2E] += ["tokens_per_s"]
+    timed[PREFILL] += ["peak_mem_mib"]
+    timed[DECODE] += ["peak_mem_mib"]
+    names = [metric_key(stage, quantity, stat) for stage, quantities in timed.items() for quantity in quantities
+             for stat in STATS]
+    for stage in tree:
+        if stage.key == E2E:
+            continue
+        names += [metric_key(stage.key, q) for q in ("share_of_parent", f"{stage.cost_prefix}flops",
+                                                     f"{stage.cost_prefix}bytes", "tflops", "gbps", "mfu", "mbu",
+                                                     "intensity")]
+    names += [metric_key(E2E, "energy_j", "mean"), metric_key(PREFILL, "energy_j", "mean"),
+              metric_key(DECODE, "energy_j_per_token")]
+    names += [metric_key(DEVICE_GROUP, q) for q in ("power_w_mean", "power_w_max", "sm_clock_mhz_mean",
+                                                     "util_pct_mean", "temp_c_max")]
+    return names + [metric_key(RUN_GROUP, "samples")]
 
 
 def populate(uri: str, runs: int, seed: int = 0) -> float:
@@ -93,12 +109,10 @@ def main() -> None:
               f"{len(mismatches)} runs flagged for a different device")
         print(f"summary seconds: first {timings[0]:.2f}, best {min(timings):.2f}, all "
               + ", ".join(f"{t:.2f}" for t in timings) + " (goal <= 10 s)")
-        from hydra import compose, initialize_config_dir
-
         from llm_perf_opt.compare import run_comparison
+        from llm_perf_opt.config import compose
 
-        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-            cfg = compose("compare", overrides=[f"tracking.uri={uri}", f"select.experiment={EXPERIMENT}"])
+        cfg = compose("compare", [f"tracking.uri={uri}", f"select.experiment={EXPERIMENT}"])
         started = time.perf_counter()
         outcome = run_comparison(cfg, Path(tmp) / "out")
         print(f"whole compare command (in-process, {len(outcome.run_ids)} runs, plots and MLflow run included): "

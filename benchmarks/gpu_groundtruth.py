@@ -5,9 +5,10 @@ Run on a CUDA host from the project root:
     python benchmarks/gpu_groundtruth.py                      # 16384^3 bf16 GEMM, 4 GiB copy
     python benchmarks/gpu_groundtruth.py --m 8192 --dtype fp16 --energy --calibrate
 
-Tool: the GEMM / copy workloads of conf/model/gemm.yaml and copy.yaml, built by
-`llm_perf_opt.models.build_workload`, timed by `iter_timed_samples` (prefill = one forward), turned
-into MFU/MBU by `efficiency.stage_efficiency` with FLOPs = 2*M*N*K and bytes = 2 x buffer size.
+Tool: the GEMM / copy workloads of conf/model/gemm.yaml and copy.yaml (composed against their schema by
+`llm_perf_opt.config.compose`), built by `llm_perf_opt.models.build_workload`, timed by
+`passes.timed.iter_timed_samples` (prefill = one forward), turned into MFU/MBU by
+`analysis.efficiency.stage_efficiency` with FLOPs = 2*M*N*K and bytes = 2 x buffer size.
 Reference: torch.cuda.Event pairs around a bare `torch.mm(a, b, out=c)` / `dst.copy_(src)` on the same
 tensors, 2*M*N*K / time / peak, three back-to-back calls measured after each tool sample (interleaved,
 so the clock drift of a power-capped GPU hits both alike). Also measured, the same bare call started
@@ -21,22 +22,23 @@ counter with power integration over the same window.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 import time
-from pathlib import Path
+import types
 
 import torch
-from omegaconf import OmegaConf
 
+from llm_perf_opt.analysis.efficiency import stage_efficiency
+from llm_perf_opt.analysis.peaks import lookup_peaks, with_calibration
+from llm_perf_opt.config import compose
 from llm_perf_opt.models import build_workload
 from llm_perf_opt.models.kernels import gemm_flops, gemm_min_bytes
-from llm_perf_opt.profiling.efficiency import stage_efficiency
-from llm_perf_opt.profiling.hardware import calibrate, lookup_peaks, with_calibration
-from llm_perf_opt.profiling.timed_pass import iter_timed_samples
+from llm_perf_opt.passes.calibration import calibrate
+from llm_perf_opt.passes.timed import iter_timed_samples
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 MFU_GOAL, MBU_GOAL = 0.02, 0.05
 
 
@@ -69,7 +71,8 @@ def compare(workload, op, warmup: int, repeats: int) -> dict[str, float]:
     for _ in range(warmup):
         op()
     tool, reference, idle = [], [], []
-    for record in iter_timed_samples(workload, new_tokens=1, warmup=warmup, repeats=repeats):
+    settings = types.SimpleNamespace(new_tokens=1, warmup=warmup, repeats=repeats, stop_at_eos=False)
+    for record in iter_timed_samples(workload, settings):
         tool.append(record.row["prefill_ms"])
         reference.append(back_to_back_ms(op, 3))
         idle.append(idle_start_ms(op))
@@ -109,13 +112,12 @@ def main(argv: list[str] | None = None) -> int:
                     "achievable_bandwidth_gbps": peaks.achievable_bandwidth_gbps if peaks else None}
 
     # -- GEMM: MFU ---------------------------------------------------------------------------------
-    gemm_cfg = OmegaConf.load(CONF_DIR / "gemm.yaml")
-    gemm_cfg.factory.m, gemm_cfg.factory.n, gemm_cfg.factory.k = m, n, k
-    gemm_cfg.dtype = args.dtype
+    gemm_cfg = compose("config", ["model=gemm", f"model.factory.m={m}", f"model.factory.n={n}",
+                                  f"model.factory.k={k}", f"model.dtype={args.dtype}"]).model
     workload = build_workload(gemm_cfg, [], device)
     a, b = workload.model.activation, workload.model.weight
     c = torch.empty(m, n, device=device, dtype=a.dtype)
-    bare_mm = lambda: torch.mm(a, b, out=c)  # noqa: E731
+    bare_mm = functools.partial(torch.mm, a, b, out=c)
     times = compare(workload, bare_mm, args.warmup, args.repeats)
     costs = {"prefill": {"flops": gemm_flops(m, n, k), "bytes": gemm_min_bytes(m, n, k, a.element_size())}}
     tool = stage_efficiency(costs, {"prefill": times["tool_ms"]}, peaks)["prefill"]
@@ -128,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                       "ratio_to_idle_start": times["idle_start_ms"] / times["tool_ms"]}
 
     if args.energy:
-        from llm_perf_opt.profiling.energy import NvmlSampler, counter_update_period_ms, energy_between
+        from llm_perf_opt.analysis.energy import counter_update_period_ms, energy_between
+        from llm_perf_opt.passes.energy import NvmlSampler
 
         with NvmlSampler(device.index or 0, interval_ms=5) as sampler:
             time.sleep(0.2)
@@ -151,12 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.cuda.empty_cache()
 
     # -- copy: MBU ---------------------------------------------------------------------------------
-    copy_cfg = OmegaConf.load(CONF_DIR / "copy.yaml")
-    copy_cfg.factory.num_bytes = args.copy_mib << 20
-    copy_cfg.dtype = args.dtype
+    copy_cfg = compose("config", ["model=copy", f"model.factory.num_bytes={args.copy_mib << 20}",
+                                  f"model.dtype={args.dtype}"]).model
     workload = build_workload(copy_cfg, [], device)
     src, dst = workload.model.src, workload.model.dst
-    times = compare(workload, lambda: dst.copy_(src), args.warmup, args.repeats)
+    times = compare(workload, functools.partial(dst.copy_, src), args.warmup, args.repeats)
     moved = {"prefill": {"flops": 0.0, "bytes": 2 * (args.copy_mib << 20)}}
     tool = stage_efficiency(moved, {"prefill": times["tool_ms"]}, peaks)["prefill"]
     reference = stage_efficiency(moved, {"prefill": times["reference_ms"]}, peaks)["prefill"]
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     g, cp = report["gemm"], report["copy"]
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     print(f"device {device_name}, dtype {args.dtype}, torch {torch.__version__}")
-    print(f"peaks: {report['peak_tflops']} TFLOP/s, {report['peak_bandwidth_gbps']} GB/s ({peaks.source if peaks else '-'})")
+    source = peaks.source if peaks else "-"
+    print(f"peaks: {report['peak_tflops']} TFLOP/s, {report['peak_bandwidth_gbps']} GB/s ({source})")
     print(f"GEMM {m}x{k} @ {k}x{n}: tool {g['tool_ms']:.4f} ms = {g['tool_tflops']:.1f} TFLOP/s, MFU "
           f"{fmt(g['tool_mfu'])} | reference {g['reference_ms']:.4f} ms = {g['reference_tflops']:.1f} TFLOP/s, "
           f"MFU {fmt(g['reference_mfu'])} | MFU ratio {g['ratio']:.4f} ({'within' if gemm_ok else 'OUTSIDE'} "

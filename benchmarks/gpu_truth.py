@@ -35,28 +35,32 @@ import json
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from llm_perf_opt import record as run_record  # noqa: E402
+from llm_perf_opt.config import compose  # noqa: E402
 from llm_perf_opt.data.omnidocbench import load_omnidocbench  # noqa: E402
 from llm_perf_opt.data.synthetic import generate_pages  # noqa: E402
 from llm_perf_opt.models import build_workload  # noqa: E402
-from llm_perf_opt.profiling.generation import decode_n_tokens, prefill  # noqa: E402
-from llm_perf_opt.profiling.clock import StageClock  # noqa: E402
-from llm_perf_opt.profiling.timed_pass import SubStageRecorder, iter_timed_samples, time_one_sample  # noqa: E402
+from llm_perf_opt.models.generation import decode_n_tokens, prefill  # noqa: E402
+from llm_perf_opt.passes.clock import StageClock  # noqa: E402
+from llm_perf_opt.passes.timed import SubStageRecorder, iter_timed_samples, time_one_sample  # noqa: E402
+from llm_perf_opt.schema import DECODE, PREFILL, column, metric_key  # noqa: E402
 
 
 def model_cfg(preset: str, image_mode: str, experts_implementation: str | None, dtype: str):
-    cfg = OmegaConf.load(REPO / "conf" / "model" / "deepseek_ocr2.yaml")
-    cfg.preset, cfg.image_mode, cfg.dtype = preset, image_mode, dtype
-    cfg.experts_implementation = experts_implementation
-    return cfg
+    """conf/model/deepseek_ocr2.yaml composed against its schema, with this run's settings."""
+    overrides = [f"model.preset={preset}", f"model.image_mode={image_mode}", f"model.dtype={dtype}"]
+    if experts_implementation:
+        overrides.append(f"model.experts_implementation={experts_implementation}")
+    return compose("config", overrides).model
 
 
 def bare_decode_ms(workload, prepared, new_tokens: int) -> tuple[float, float]:
@@ -88,13 +92,14 @@ def overhead_rows(workload, new_tokens: int, repeats: int) -> list[dict]:
     rows = []
     with torch.inference_mode():
         # Warm every path on every input (kernel selection, allocator) before timing any of them.
-        list(iter_timed_samples(workload, new_tokens, warmup=1, repeats=0))
+        settings = types.SimpleNamespace(new_tokens=new_tokens, warmup=1, repeats=0, stop_at_eos=False)
+        list(iter_timed_samples(workload, settings))
         for prepared in workload.inputs:
             bare_decode_ms(workload, prepared, new_tokens)
             generate_ms(workload, prepared, new_tokens)
         for repeat in range(repeats):
             # Interleave the three loops per repeat so drifts (clocks, temperature) hit all of them.
-            for index, prepared in enumerate(workload.inputs):
+            for prepared in workload.inputs:
                 record = _timed_one(workload, prepared, new_tokens)
                 bare_prefill, bare_decode = bare_decode_ms(workload, prepared, new_tokens)
                 gen = generate_ms(workload, prepared, new_tokens)
@@ -161,7 +166,8 @@ def main() -> int:
     print(f"device: {name}, torch {torch.__version__}, preset {args.preset}, dtype {args.dtype}")
     all_rows, summary = [], []
     for mode in (args.image_modes if "overhead" in args.sections else []):
-        workload = build_workload(model_cfg(args.preset, mode, args.experts_implementation, args.dtype), pages, device, 0)
+        cfg = model_cfg(args.preset, mode, args.experts_implementation, args.dtype)
+        workload = build_workload(cfg, pages, device, 0)
         for new_tokens in args.new_tokens:
             rows = overhead_rows(workload, new_tokens, args.repeats)
             for row in rows:
@@ -178,8 +184,10 @@ def main() -> int:
             gen_e2e = statistics.median(frame["generate_e2e_ms"])
             line = {
                 "image_mode": mode, "new_tokens": new_tokens, "samples": len(frame),
-                "timed_tpot_ms": timed_tpot, "bare_tpot_ms": bare_tpot, "tpot_ratio_timed_over_bare": timed_tpot / bare_tpot,
-                "timed_e2e_ms": timed_e2e, "generate_e2e_ms": gen_e2e, "e2e_ratio_timed_over_generate": timed_e2e / gen_e2e,
+                "timed_tpot_ms": timed_tpot, "bare_tpot_ms": bare_tpot,
+                "tpot_ratio_timed_over_bare": timed_tpot / bare_tpot,
+                "timed_e2e_ms": timed_e2e, "generate_e2e_ms": gen_e2e,
+                "e2e_ratio_timed_over_generate": timed_e2e / gen_e2e,
                 "paired_tpot_ratio_timed_over_bare": paired_tpot, "paired_e2e_ratio_timed_over_generate": paired_e2e,
                 "timed_prefill_ms": statistics.median(frame["timed_prefill_ms"]),
                 "bare_prefill_ms": statistics.median(frame["bare_prefill_ms"]),
@@ -214,15 +222,14 @@ def main() -> int:
 
 
 def _run(args, name: str, overrides: list[str]) -> Path:
-    from hydra import compose, initialize_config_dir
-
-    from llm_perf_opt.profile_run import run_profile
+    from llm_perf_opt.config import validate
+    from llm_perf_opt.runners.profile import run_profile
 
     common = [f"device={args.device}", "profiling.progress=false", "profiling.operators.inputs=1",
               f"tracking.uri=sqlite:///{(args.out / 'mlflow.db').resolve()}", f"tracking.experiment={args.experiment}",
               f"hardware.calibrate={'true' if args.device.startswith('cuda') else 'false'}"]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=common + overrides)
+    cfg = compose("config", common + overrides)
+    validate(cfg)
     outcome = run_profile(cfg, args.out / "runs" / name)
     print(f"run {name}: {outcome.status} {outcome.run_dir} mlflow {outcome.mlflow_run_id} {outcome.error or ''}")
     return outcome.run_dir
@@ -246,7 +253,8 @@ def profile_runs(args) -> list[Path]:
             "profiling.operators.decode_steps=8",
         ]
         if (args.pages_root / "OmniDocBench.json").is_file():
-            overrides += ["dataset=omnidocbench", f"dataset.root={args.pages_root.resolve()}", f"dataset.limit={args.pages}"]
+            overrides += ["dataset=omnidocbench", f"dataset.root={args.pages_root.resolve()}",
+                          f"dataset.limit={args.pages}"]
         else:
             overrides += [f"dataset.num_pages={args.pages}"]
         if args.experts_implementation:
@@ -257,28 +265,31 @@ def profile_runs(args) -> list[Path]:
 
 def stage_accuracy(run_dir: Path) -> dict:
     """Timed CUDA-event stage time vs kernel time in the profiled pass's stage range (same input)."""
-    result = json.loads((run_dir / "metrics.json").read_text())
+    record = run_record.load(run_dir)
     samples = pd.read_csv(run_dir / "samples.csv")
     first = samples[samples["input_index"] == 0]
-    stages = {row["stage"]: row for row in result.get("profiled_pass", {}).get("stages", [])}
     line = {"run": run_dir.name, "input_id": first["input_id"].iloc[0] if len(first) else None}
     line["timed_repeats"] = int(len(first))
-    for stage, column in [("prefill", "prefill_ms"), ("vision/sam", "vision_sam_ms"),
-                          ("vision/encoder", "vision_encoder_ms"), ("vision/projector", "vision_projector_ms")]:
-        row = stages.get(stage)
-        if row is None or column not in first or not row.get("device_busy_ms"):
+    measured = [PREFILL] + [s.key for s in record.tree().sub_stages()]  # stages with a range of their own
+    for stage in measured:
+        stage_record = record.stage(stage)
+        profiled = stage_record.profiled if stage_record is not None else None
+        timed_column = column(stage, "ms")
+        if profiled is None or timed_column not in first or not profiled.device_busy_ms:
             continue
-        timed = float(first[column].median())
+        timed = float(first[timed_column].median())
         line[f"{stage}_timed_ms"] = timed
-        line[f"{stage}_kernel_ms"] = row["device_busy_ms"]
-        line[f"{stage}_timed_over_kernel"] = timed / row["device_busy_ms"]
-        line[f"{stage}_busy_share"] = row.get("busy_share")
-    decode = stages.get("decode")
-    if decode is not None:
-        line["decode_busy_share"] = decode.get("busy_share")
-        line["decode_kernel_ms_per_step"] = (decode.get("device_busy_ms") or float("nan")) / max(decode["ranges"], 1)
-        line["decode_span_ms_per_step"] = (decode.get("device_span_ms") or float("nan")) / max(decode["ranges"], 1)
-    line["timed_tpot_ms_p50"] = float(first["tpot_ms"].median()) if len(first) else None
+        line[f"{stage}_kernel_ms"] = profiled.device_busy_ms
+        line[f"{stage}_timed_over_kernel"] = timed / profiled.device_busy_ms
+        line[f"{stage}_busy_share"] = profiled.busy_share
+    decode = record.stage(DECODE)
+    if decode is not None and decode.profiled is not None:
+        steps = max(decode.profiled.ranges, 1)
+        line["decode_busy_share"] = decode.profiled.busy_share
+        line["decode_kernel_ms_per_step"] = (decode.profiled.device_busy_ms or float("nan")) / steps
+        line["decode_span_ms_per_step"] = (decode.profiled.device_span_ms or float("nan")) / steps
+    tpot = column(DECODE, "tpot_ms")
+    line["timed_tpot_ms_p50"] = float(first[tpot].median()) if len(first) and tpot in first else None
     return line
 
 
@@ -286,26 +297,28 @@ def energy_check(run_dir: Path) -> dict:
     """J/token (metric) vs mean sampled power x decode time / decode tokens, over the same windows."""
     line = {"run": run_dir.name}
     timeline_path = run_dir / "nvml_timeline.csv"
-    result = json.loads((run_dir / "metrics.json").read_text())
-    if not timeline_path.exists() or "energy/j_per_token" not in result["metrics"]:
+    record = run_record.load(run_dir)
+    per_token = metric_key(DECODE, "energy_j_per_token")
+    if not timeline_path.exists() or per_token not in record.metrics:
         line["note"] = "no NVML timeline or energy metric in this run"
         return line
     timeline = pd.read_csv(timeline_path)
     samples = pd.read_csv(run_dir / "samples.csv")
+    decode_ms = column(DECODE, "ms")
     joules, tokens = 0.0, 0
-    for sample in samples.itertuples(index=False):
-        end = float(sample.wall_end_ns)
-        start = end - float(sample.decode_ms) * 1e6
+    for sample in samples.to_dict(orient="records"):
+        end = float(sample["wall_end_ns"])
+        start = end - float(sample[decode_ms]) * 1e6
         power = timeline[(timeline["t_ns"] >= start) & (timeline["t_ns"] <= end)]["power_w"].dropna()
         if len(power):
-            joules += float(power.mean()) * float(sample.decode_ms) / 1e3
-            tokens += int(sample.new_tokens) - 1
-    line["j_per_token_metric"] = result["metrics"]["energy/j_per_token"]
+            joules += float(power.mean()) * float(sample[decode_ms]) / 1e3
+            tokens += int(sample["new_tokens"]) - 1
+    line["j_per_token_metric"] = record.metrics[per_token]
     line["j_per_token_mean_power_x_time"] = joules / tokens if tokens else None
     if tokens:
         line["ratio"] = line["j_per_token_metric"] / line["j_per_token_mean_power_x_time"]
-    line["methods"] = (result.get("energy") or {}).get("methods")
-    line["power_w_mean"] = result["metrics"].get("power/w_mean")
+    line["methods"] = record.energy.methods if record.energy else None
+    line["power_w_mean"] = record.metrics.get(metric_key("gpu", "power_w_mean"))
     return line
 
 

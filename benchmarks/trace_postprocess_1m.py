@@ -1,7 +1,7 @@
 """Rate of the trace post-processing (stage attribution + operator, kernel and stage tables) on ~1M events.
 
 Builds a synthetic Chrome trace shaped like torch.profiler's CUDA traces of DeepSeek-OCR-2: per input
-one `stage:prefill` range holding `stage:vision/sam`, `stage:vision/encoder`, `stage:vision/projector`
+one `stage:prefill` range holding `stage:vision_sam`, `stage:vision_encoder`, `stage:vision_projector`
 and language-model layers, then `stage:decode` ranges (one per step); inside them nested `cpu_op`
 trees (aten::linear -> aten::t -> aten::transpose -> aten::as_strided, aten::addmm -> ...), a
 `cuda_runtime` launch under each kernel-launching op with its `kernel` / `gpu_memcpy` on the device
@@ -9,9 +9,11 @@ trees (aten::linear -> aten::t -> aten::transpose -> aten::as_strided, aten::add
 
 Prints: event count, seconds for processing the trace dict already in memory (as generated: its
 strings are shared objects), seconds for loading the gzipped file and processing it (split into the
-json load and the processing of the loaded dict, whose strings are all distinct objects), the machine (platform, CPU count), and a consistency check (every
-kernel attributed to a stage, op calls equal to op events). Goal: at most 5 s for the dict on a
-2-core machine. Run: `python benchmarks/trace_postprocess_1m.py [--events 1000000] [--keep PATH]`.
+json load and the processing of the loaded dict, whose strings are all distinct objects), the machine
+(platform, CPU count), and a consistency check (every kernel attributed to a stage, op calls equal
+to op events; exit status 1 when it fails). Goal: at most 5 s for the dict on a 2-core machine.
+Stage names are the stage schema's keys, as the profiled pass writes them.
+Run: `python benchmarks/trace_postprocess_1m.py [--events 1000000] [--keep PATH]`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from llm_perf_opt.profiling.operators import attribute_trace, kernel_table, load_trace, operator_table, stage_time_table
+from llm_perf_opt.analysis.operators import attribute_trace, kernel_table, load_trace, operator_table, stage_time_table
 
 PID, TID, DEVICE_PID, STREAM = 4242, 4242, 0, 7
 GEMM = "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off_kernel"
@@ -123,9 +125,9 @@ def synthetic_trace(target_events: int) -> dict:
     writer = TraceWriter()
     while len(writer.events) < target_events:
         def prefill_body():
-            writer.stage("vision/sam", lambda: writer.layers(12, extra=[CONV]))
-            writer.stage("vision/encoder", lambda: writer.layers(24))
-            writer.stage("vision/projector", lambda: writer.layers(0, extra=[LINEAR]))
+            writer.stage("vision_sam", lambda: writer.layers(12, extra=[CONV]))
+            writer.stage("vision_encoder", lambda: writer.layers(24))
+            writer.stage("vision_projector", lambda: writer.layers(0, extra=[LINEAR]))
             writer.layers(12)
 
         writer.stage("prefill", prefill_body)
@@ -142,7 +144,7 @@ def process(trace: dict):
     return attribution, operator_table(attribution), kernel_table(attribution), stage_time_table(attribution)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--keep", type=Path, default=None, help="also keep the gzipped trace here")
@@ -173,14 +175,20 @@ def main() -> None:
 
     op_events = int((attribution.host["cat"] == "cpu_op").sum())
     unattributed_kernels = int((attribution.device["stage"] == "other").sum())
+    expected_stages = {"prefill", "vision_sam", "vision_encoder", "vision_projector", "decode"}
+    consistent = (int(operators["calls"].sum()) == op_events and unattributed_kernels == 0
+                  and set(stages["stage"]) == expected_stages)
     print(f"post-processing from the dict in memory: {in_memory_s:.2f} s")
     print(f"load trace.json.gz ({size_mib:.1f} MiB) + post-processing: {from_file_s:.2f} s "
           f"(json/gzip load {load_s:.2f} s, post-processing of the loaded dict {from_file_s - load_s:.2f} s)")
     print(f"rows: operators {len(operators)}, kernels {len(kernels)}, stages {len(stages)}; "
-          f"op calls {int(operators['calls'].sum()):,} == op events {op_events:,}: {int(operators['calls'].sum()) == op_events}; "
+          f"op calls {int(operators['calls'].sum()):,} == op events {op_events:,}: "
+          f"{int(operators['calls'].sum()) == op_events}; "
           f"kernels without a stage: {unattributed_kernels}")
+    print(f"stages: {', '.join(stages['stage'])}; consistent: {consistent}")
     print(f"goal (<= 5 s from the dict): {'met' if in_memory_s <= 5 else 'NOT met'}")
+    return 0 if consistent else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -8,8 +8,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+# Importing llm_perf_opt.config registers the structured configs (the schemas every conf/ YAML extends)
+# in Hydra's ConfigStore; any composition below, and in the test modules, needs that first.
+from llm_perf_opt.config import CONF_DIR as PACKAGE_CONF_DIR
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
+CONF_DIR = Path(PACKAGE_CONF_DIR)  # src/llm_perf_opt/conf (the checkout's conf/ links to it)
 DEMO_ROOT = REPO_ROOT.parent / "shared" / "omnidocbench-demo"
 
 # Fast settings for CPU tests: one small global view, few tokens, no progress bar.

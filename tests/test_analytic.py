@@ -15,22 +15,22 @@ from llm_perf_opt.models.deepseek_ocr2 import IMAGE_MODES, build_config, image_t
 from llm_perf_opt.models.linear_stack import build_linear_stack
 from llm_perf_opt.models.moe_routing import find_routers
 from llm_perf_opt.models.workload import PreparedInput, Workload, resolve_stage_map
-from llm_perf_opt.profiling.analytic import (
+from llm_perf_opt.passes.analytic import (
     StageCost,
     UnsupportedArchitecture,
     VisionViews,
     analytic_costs,
     analytic_costs_for_workload,
-    deepseek_ocr2_parameters,
     decoder_spec,
+    deepseek_ocr2_parameters,
     distinct_experts,
 )
-from llm_perf_opt.profiling.flops import count_stage_flops
+from llm_perf_opt.passes.counted import count_stage_flops
 
 CPU = torch.device("cpu")
 META = torch.device("meta")
 AGREE = 0.05  # measured vs analytic, relative
-VISION = ("vision/sam", "vision/encoder", "vision/projector")
+VISION = ("vision_sam", "vision_encoder", "vision_projector")
 
 
 def _assert_agree(counted, costs, stages=VISION) -> None:
@@ -59,7 +59,7 @@ def test_deepseek_tiny_measured_and_analytic_agree(image_mode):
     tiles = workload.inputs[0].meta["tiles"]
     assert (tiles > 0) == (image_mode == "tiled")
     # With tiles the tower runs twice (global view, batch of tiles): both calls are in the stage sums.
-    assert counted.stage_calls["vision/sam"] == (2 if tiles else 1)
+    assert counted.stage_calls["vision_sam"] == (2 if tiles else 1)
     # Vision is nested in prefill: the sub-stages never exceed it.
     assert sum(costs[s].flops for s in VISION) < costs["prefill"].flops
 
@@ -84,7 +84,8 @@ def test_generic_moe_measured_and_analytic_agree(model_type, extra):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     ids = torch.randint(2, 500, (1, 40))
-    workload = Workload("hf_causal_lm", model, [PreparedInput("p", {"input_ids": ids}, 40)], {}, CPU, torch.float32)
+    workload = Workload("hf_causal_lm", model, [PreparedInput("p", {"input_ids": ids}, 40)],
+                        *resolve_stage_map(model, {}), CPU, torch.float32)
     counted = count_stage_flops(workload, decode_steps=2)
     _assert_agree(counted, analytic_costs_for_workload(workload, 0, new_tokens=3), stages=())
     assert decoder_spec(config).parameters() == sum(p.numel() for p in model.parameters())
@@ -96,7 +97,7 @@ def test_linear_stack_is_exact():
     costs = analytic_costs(model, prompt_tokens=tokens, new_tokens=new_tokens, dtype_bytes=4)
     weights = layers * hidden**2 + hidden * vocab
     assert costs["prefill"] == StageCost(2 * tokens * weights, bytes_read=(weights + tokens * hidden) * 4)
-    assert costs["body/layers"].flops == 2 * tokens * layers * hidden**2
+    assert costs["body_layers"].flops == 2 * tokens * layers * hidden**2
     assert costs["decode_step_mean"].flops == 2 * weights
     assert costs["decode"].flops == (new_tokens - 1) * 2 * weights
     assert [k for k in costs if k.startswith("decode_step_") and k[-1].isdigit()] == ["decode_step_1", "decode_step_2",
@@ -105,10 +106,10 @@ def test_linear_stack_is_exact():
     ids = torch.arange(tokens).unsqueeze(0)
     built = build_linear_stack(vocab, hidden, layers)
     workload = Workload("custom", built["model"], [PreparedInput("p", {"input_ids": ids}, tokens)],
-                        resolve_stage_map(built["model"], built["stage_map"]), CPU, torch.float32)
+                        *resolve_stage_map(built["model"], built["stage_map"]), CPU, torch.float32)
     counted = count_stage_flops(workload, decode_steps=3)
     assert counted.prefill_flops == costs["prefill"].flops
-    assert counted.stage_flops == {stage: costs[stage].flops for stage in ("body/layers", "body/lm_head")}
+    assert counted.stage_flops == {stage: costs[stage].flops for stage in ("body_layers", "body_lm_head")}
     assert counted.decode_step_flops == [costs["decode_step_1"].flops] * 3
 
 
@@ -148,7 +149,7 @@ def full_on_meta() -> Workload:
                 model_inputs["pixel_values_local"] = torch.empty(tiles, 3, 768, 768, dtype=torch.bfloat16)
         inputs.append(PreparedInput(f"{mode_name}-{tiles}", model_inputs, prompt, prompt - 13, {"tiles": tiles}))
     stage_map = dict(compose_config().model.stage_map)
-    return Workload("deepseek_ocr2", model, inputs, resolve_stage_map(model, stage_map), META, torch.bfloat16)
+    return Workload("deepseek_ocr2", model, inputs, *resolve_stage_map(model, stage_map), META, torch.bfloat16)
 
 
 @pytest.mark.parametrize("input_index", [0, 1, 2])
@@ -156,7 +157,7 @@ def test_deepseek_full_on_meta_measured_and_analytic_agree(full_on_meta, input_i
     counted = count_stage_flops(full_on_meta, input_index=input_index, decode_steps=2)
     costs = analytic_costs_for_workload(full_on_meta, input_index, new_tokens=3)
     _assert_agree(counted, costs)
-    assert counted.stage_calls["vision/sam"] == (2 if full_on_meta.inputs[input_index].meta["tiles"] else 1)
+    assert counted.stage_calls["vision_sam"] == (2 if full_on_meta.inputs[input_index].meta["tiles"] else 1)
 
 
 def test_parameter_counts_behind_the_byte_model(full_on_meta):
@@ -188,8 +189,8 @@ def test_decode_bytes_are_used_weights_plus_kv_cache(full_on_meta):
         assert cost.bytes_read == pytest.approx(weights + kv_entry * (prompt + step), rel=1e-9)
         assert cost.bytes_written == kv_entry
     # Vision weights: once per tower call (global view + batch of tiles).
-    assert costs["vision/sam"].bytes_read == 2 * _bytes_of(model.model.vision_tower.sam_encoder)
-    assert costs["vision/encoder"].bytes_read == 2 * _bytes_of(model.model.vision_tower.vision_encoder)
+    assert costs["vision_sam"].bytes_read == 2 * _bytes_of(model.model.vision_tower.sam_encoder)
+    assert costs["vision_encoder"].bytes_read == 2 * _bytes_of(model.model.vision_tower.vision_encoder)
     assert costs["prefill"].bytes_written == kv_entry * prompt
 
 
@@ -221,9 +222,9 @@ def test_masked_attention_convention_counts_only_kept_pairs():
     m = analytic_costs(ocr, prompt_tokens=158, new_tokens=1, dtype_bytes=4, views=views, attention="masked")
     patches, queries, enc = 144, 144, ocr.vision_config.encoder_config
     removed = (patches + queries) ** 2 - (patches**2 + queries * patches + queries * (queries + 1) / 2)
-    encoder_gap = d["vision/encoder"].flops - m["vision/encoder"].flops
+    encoder_gap = d["vision_encoder"].flops - m["vision_encoder"].flops
     assert encoder_gap == 4 * enc.num_hidden_layers * enc.hidden_size * removed
-    assert d["vision/sam"] == m["vision/sam"]
+    assert d["vision_sam"] == m["vision_sam"]
     assert "decode" not in d  # new_tokens=1: no decode step, no decode cost (absent, not zero)
 
 

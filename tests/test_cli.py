@@ -48,6 +48,36 @@ def test_bad_input_exits_non_zero_with_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command, override, expected", [
+    ("profile", "model.dtype=fp8", "model.dtype=fp8: Invalid value 'fp8', expected one of [auto, bf16, fp16, fp32]"),
+    ("profile", "profiling.repeats=abc", "profiling.repeats=abc: Value 'abc' of type 'str' could not be converted"),
+    ("profile", "model=nosuch", "Could not find 'model/nosuch'"),
+    ("profile", "profiling.repeats=0", "profiling.repeats=0 is out of range"),
+    ("profile", "device=mps", "device=mps is not supported"),
+    ("profile", "dataset=omnidocbench", "dataset.root=null is not set"),
+    ("compare", "verdicts.bootstrap_method=bca", "expected one of [percentile, BCa, basic]"),
+    ("compare", "verdicts.alpha=1.5", "verdicts.alpha=1.5 is outside (0, 1)"),
+])
+def test_config_errors_are_one_line_and_exit_2(tmp_path, command, override, expected):
+    # Composition (Hydra/OmegaConf) and llm_perf_opt.config.validate both run before anything is built.
+    result = subprocess.run([sys.executable, "-m", "llm_perf_opt", command, override], cwd=tmp_path,
+                            env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
+
+
+def test_config_composes_from_the_package_outside_the_checkout(tmp_path):
+    # As MLproject runs it (PYTHONPATH=src python -m llm_perf_opt), started from another directory.
+    env = dict(_env(tmp_path), PYTHONPATH=str(REPO_ROOT / "src"))
+    result = subprocess.run([sys.executable, "-m", "llm_perf_opt", "profile", "--cfg", "job", "model=custom",
+                             "model.factory._target_=my_module.build"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "factory:\n    _target_: my_module.build\n  dtype: auto" in result.stdout
+
+
 @pytest.mark.slow
 def test_mlflow_run_passes_overrides_into_the_run(tmp_path):
     env = _env(tmp_path)
@@ -66,8 +96,8 @@ def test_mlflow_run_passes_overrides_into_the_run(tmp_path):
     params = run.data.params
     assert params["profiling.repeats"] == "2" and params["profiling.new_tokens"] == "3"
     assert params["profiling.warmup"] == "0" and params["model.image_mode"] == "global768"
-    assert run.data.metrics["samples/count"] == 2
-    assert run.data.metrics["vision/sam_ms_p50"] > 0
+    assert run.data.metrics["run/samples"] == 2
+    assert run.data.metrics["vision_sam/ms_p50"] > 0
 
 
 def test_ci_runs_the_readme_test_command():

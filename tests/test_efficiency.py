@@ -1,27 +1,24 @@
-"""Per-stage efficiency maths, bound verdicts, metric names, and the ground-truth GEMM/copy workloads."""
+"""Per-stage efficiency maths, bound verdicts, metric names and tags, and the ground-truth GEMM/copy workloads."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import types
 
-import hydra
+import pandas as pd
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from llm_perf_opt.analysis.efficiency import bound_verdict, stage_efficiency
+from llm_perf_opt.analysis.peaks import HardwarePeaks, lookup_peaks, with_calibration
+from llm_perf_opt.assembly import RunParts, build_record
+from llm_perf_opt.config import compose
 from llm_perf_opt.models import build_workload
-from llm_perf_opt.models.kernels import build_copy, build_gemm, gemm_flops
-from llm_perf_opt.profiling.efficiency import (
-    bound_tags,
-    bound_verdict,
-    efficiency_metrics,
-    stage_efficiency,
-    stage_times_from_summary,
-)
-from llm_perf_opt.profiling.hardware import HardwarePeaks, lookup_peaks, with_calibration
-from llm_perf_opt.profiling.timed_pass import iter_timed_samples
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from llm_perf_opt.models.kernels import build_copy, build_gemm, gemm_flops, gemm_min_bytes
+from llm_perf_opt.passes.counted import run_counted_pass
+from llm_perf_opt.passes.timed import TimedResult, iter_timed_samples
+from llm_perf_opt.record import RunInfo, WorkloadInfo, record_tags
+from llm_perf_opt.schema import StageTree
 
 
 def cpu_peaks(tflops: float = 2.0, gbps: float = 40.0) -> HardwarePeaks:
@@ -29,42 +26,41 @@ def cpu_peaks(tflops: float = 2.0, gbps: float = 40.0) -> HardwarePeaks:
 
 
 def test_mfu_and_mbu_are_the_ratios_of_achieved_to_configured_peaks():
+    # 3 GFLOP and 50 MB in 2.5 ms against 2 TFLOP/s and 40 GB/s peaks.
     costs = {"prefill": {"flops": 3.0e9, "bytes": 5.0e7}}
     result = stage_efficiency(costs, {"prefill": 2.5}, cpu_peaks(2.0, 40.0))["prefill"]
-    seconds = 2.5 / 1e3
-    assert result["achieved_tflops"] == pytest.approx(3.0e9 / seconds / 1e12, rel=1e-12)
-    assert result["mfu"] == pytest.approx(3.0e9 / seconds / 1e12 / 2.0, rel=1e-12)
-    assert result["achieved_gbps"] == pytest.approx(5.0e7 / seconds / 1e9, rel=1e-12)
-    assert result["mbu"] == pytest.approx(5.0e7 / seconds / 1e9 / 40.0, rel=1e-12)
-    assert result["intensity_flop_per_byte"] == pytest.approx(3.0e9 / 5.0e7, rel=1e-12)
-    assert result["ridge_flop_per_byte"] == pytest.approx(2.0e12 / 40.0e9, rel=1e-12)
-    assert result["attainable_tflops"] == pytest.approx(min(2.0, 60.0 * 40.0 / 1e3), rel=1e-12)
+    assert result["achieved_tflops"] == pytest.approx(1.2, rel=1e-12)
+    assert result["mfu"] == pytest.approx(0.6, rel=1e-12)
+    assert result["achieved_gbps"] == pytest.approx(20.0, rel=1e-12)
+    assert result["mbu"] == pytest.approx(0.5, rel=1e-12)
+    assert result["intensity_flop_per_byte"] == pytest.approx(60.0, rel=1e-12)
+    assert result["ridge_flop_per_byte"] == pytest.approx(50.0, rel=1e-12)
+    assert result["attainable_tflops"] == pytest.approx(2.0, rel=1e-12)  # min(2, 60 x 40 GB/s = 2.4)
     assert result["mfu_achievable"] is None and result["mbu_achievable"] is None
-
-
-def test_peak_of_one_gives_mfu_equal_to_achieved_tflops():
-    result = stage_efficiency({"decode": {"flops": 7.0e8, "bytes": 1.0e9}}, {"decode": 0.7}, cpu_peaks(1.0, 1.0))
-    assert result["decode"]["mfu"] == result["decode"]["achieved_tflops"]
-    assert result["decode"]["mbu"] == result["decode"]["achieved_gbps"]
+    # Below the ridge the memory roof binds: 10 FLOP/byte x 40 GB/s = 0.4 TFLOP/s.
+    low = stage_efficiency({"decode": {"flops": 1.0e9, "bytes": 1.0e8}}, {"decode": 1.0}, cpu_peaks(2.0, 40.0))
+    assert low["decode"]["attainable_tflops"] == pytest.approx(0.4, rel=1e-12)
 
 
 def test_achievable_peaks_give_a_second_mfu():
+    # 1 GFLOP and 10 MB in 1 ms: 1 TFLOP/s and 10 GB/s, against 1.6 TFLOP/s and 30 GB/s measured.
     peaks = with_calibration(cpu_peaks(2.0, 40.0), {"achievable_tflops": 1.6, "achievable_bandwidth_gbps": 30.0})
     row = stage_efficiency({"prefill": {"flops": 1.0e9, "bytes": 1.0e7}}, {"prefill": 1.0}, peaks)["prefill"]
-    assert row["mfu_achievable"] == pytest.approx(row["achieved_tflops"] / 1.6, rel=1e-12)
-    assert row["mbu_achievable"] == pytest.approx(row["achieved_gbps"] / 30.0, rel=1e-12)
-    assert row["mfu_achievable"] > row["mfu"]
+    assert row["mfu_achievable"] == pytest.approx(0.625, rel=1e-12)
+    assert row["mbu_achievable"] == pytest.approx(1 / 3, rel=1e-12)
+    assert row["mfu"] == pytest.approx(0.5, rel=1e-12) and row["mbu"] == pytest.approx(0.25, rel=1e-12)
 
 
 def test_each_stage_divides_its_own_flops_by_its_own_time():
-    # prefill's FLOPs include the vision encoder's; the model stage holds the whole sample's.
-    costs = {"vision/sam": {"flops": 4e9, "bytes": 1e8}, "prefill": {"flops": 10e9, "bytes": 4e8},
-             "decode": {"flops": 1e8, "bytes": 2e8}, "model": {"flops": 10e9 + 7 * 1e8, "bytes": 4e8 + 7 * 2e8}}
-    times = {"vision/sam": 2.0, "prefill": 5.0, "decode": 1.0, "model": 13.0}
+    # prefill's FLOPs include the vision encoder's; e2e holds the whole sample's. Nothing is summed across
+    # nested stages: each rate is that stage's FLOPs over that stage's time.
+    costs = {"vision_sam": {"flops": 4e9, "bytes": 1e8}, "prefill": {"flops": 10e9, "bytes": 4e8},
+             "decode": {"flops": 1e8, "bytes": 2e8}, "e2e": {"flops": 10e9 + 7 * 1e8, "bytes": 4e8 + 7 * 2e8}}
+    times = {"vision_sam": 2.0, "prefill": 5.0, "decode": 1.0, "e2e": 13.0}
     result = stage_efficiency(costs, times, cpu_peaks())
-    for stage in costs:
-        assert result[stage]["achieved_tflops"] == pytest.approx(costs[stage]["flops"] / (times[stage] * 1e-3) / 1e12)
-        assert result[stage]["time_ms"] == times[stage]
+    expected_tflops = {"vision_sam": 2.0, "prefill": 2.0, "decode": 0.1, "e2e": 10.7 / 13.0}
+    assert {stage: row["achieved_tflops"] for stage, row in result.items()} == pytest.approx(expected_tflops)
+    assert {stage: row["time_ms"] for stage, row in result.items()} == times
 
 
 def test_bound_verdicts():
@@ -85,39 +81,61 @@ def test_bound_verdicts():
     assert bound_verdict(10.0, None, busy_share=0.1) == "launch"
 
 
+def _record(tree: StageTree, **parts):
+    workload = WorkloadInfo(family="test", dtype="fp32", device="cpu", new_tokens=8, warmup=0, repeats=2, inputs=[])
+    return build_record(RunParts(tree=tree, run=RunInfo(run_dir="run", started_at="t0"), workload=workload, env={},
+                                 **parts))
+
+
 def test_without_peaks_only_achieved_rates_are_reported():
     result = stage_efficiency({"prefill": {"flops": 1e9, "bytes": 1e8}}, {"prefill": 4.0}, None)["prefill"]
-    assert result["achieved_tflops"] > 0 and result["mfu"] is None and result["mbu"] is None
+    assert result["achieved_tflops"] == pytest.approx(0.25) and result["mfu"] is None and result["mbu"] is None
     assert result["bound"] is None
-    assert efficiency_metrics({"prefill": result}) == {
-        "efficiency/prefill_tflops": result["achieved_tflops"],
-        "efficiency/prefill_gbps": result["achieved_gbps"],
-        "efficiency/prefill_intensity": result["intensity_flop_per_byte"],
-    }
+    samples = pd.DataFrame({"prefill_ms": [4.0, 4.0]})
+    record = _record(StageTree.from_paths([]), samples=samples, stage_costs={"prefill": {"flops": 1e9, "bytes": 1e8}})
+    rates = {k: v for k, v in record.metrics.items()
+             if k.startswith("prefill/") and not k.startswith(("prefill/ms_", "prefill/share"))}
+    assert rates == {"prefill/flops": 1e9, "prefill/bytes": 1e8, "prefill/tflops": pytest.approx(0.25),
+                     "prefill/gbps": pytest.approx(25.0), "prefill/intensity": pytest.approx(10.0)}
+    assert record_tags(record) == {}
 
 
 def test_stages_without_a_time_are_left_out():
-    result = stage_efficiency({"prefill": {"flops": 1.0, "bytes": 1.0}, "vision/sam": {"flops": 1.0, "bytes": 1.0}},
-                              {"prefill": 1.0, "vision/sam": float("nan")}, cpu_peaks())
+    result = stage_efficiency({"prefill": {"flops": 1.0, "bytes": 1.0}, "vision_sam": {"flops": 1.0, "bytes": 1.0}},
+                              {"prefill": 1.0, "vision_sam": float("nan")}, cpu_peaks())
     assert list(result) == ["prefill"]
 
 
-def test_metric_names_and_bound_tags():
-    result = stage_efficiency({"vision/sam": {"flops": 1e9, "bytes": 1e7}, "decode": {"flops": 1e7, "bytes": 1e8}},
-                              {"vision/sam": 1.0, "decode": 1.0}, cpu_peaks())
-    metrics = efficiency_metrics(result)
+def test_record_takes_each_stage_time_from_its_own_column_and_names_metrics_and_tags():
+    """Through the run record: decode per step over tpot, e2e over e2e_ms, groups over their own column.
+
+    Metric names are <stage>/<quantity> (decode's costs per step: decode/step_flops), tags <stage>/bound.
+    """
+    tree = StageTree.from_paths([("vision", "sam"), ("vision", "encoder")])
+    samples = pd.DataFrame({"prefill_ms": [9.0, 11.0], "vision_sam_ms": [2.0, 4.0], "vision_encoder_ms": [1.0, 1.0],
+                            "vision_ms": [3.0, 5.0], "decode_ms": [14.0, 14.0], "decode_tpot_ms": [2.0, 2.0],
+                            "e2e_ms": [24.0, 26.0]})
+    costs = {"prefill": {"flops": 1e10, "bytes": 1e8}, "vision_sam": {"flops": 3e9, "bytes": 3e7},
+             "vision": {"flops": 4e9, "bytes": 4e8}, "decode": {"flops": 2e7, "bytes": 2e8},
+             "e2e": {"flops": 1e10 + 7 * 2e7, "bytes": 1e8 + 7 * 2e8}}
+    record = _record(tree, samples=samples, stage_costs=costs, peaks=cpu_peaks(2.0, 40.0))
+    time_ms = {s.key: s.efficiency.time_ms for s in record.stages if s.efficiency is not None}
+    assert time_ms == {"prefill": 10.0, "vision_sam": 3.0, "vision": 4.0, "decode": 2.0, "e2e": 25.0}
+    assert record.stage("vision_encoder").efficiency is None, "no costs, no rates"
+    metrics = record.metrics
+    assert metrics["vision_sam/tflops"] == pytest.approx(1.0)           # 3 GFLOP in 3 ms
+    assert metrics["vision_sam/mfu"] == pytest.approx(0.5)
+    assert metrics["decode/tflops"] == pytest.approx(0.01)             # 20 MFLOP per step in 2 ms
+    assert metrics["decode/mbu"] == pytest.approx(2.5)                 # 200 MB in 2 ms = 100 GB/s over 40
+    assert metrics["e2e/tflops"] == pytest.approx(10.14e9 / 25e-3 / 1e12)
+    assert metrics["decode/step_flops"] == 2e7 and metrics["decode/step_bytes"] == 2e8
+    assert "decode/flops" not in metrics, "decode's costs are per step"
     for suffix in ("tflops", "mfu", "gbps", "mbu", "intensity"):
-        assert f"efficiency/vision_sam_{suffix}" in metrics and f"efficiency/decode_{suffix}" in metrics
-    assert metrics["efficiency/vision_sam_mfu"] == result["vision/sam"]["mfu"]
-    assert all(isinstance(v, float) for v in metrics.values())
-    assert bound_tags(result) == {"bound.vision/sam": "compute", "bound.decode": "memory"}
-
-
-def test_stage_times_come_from_the_matching_summary_columns():
-    summary = {"prefill_ms": {"mean": 10.0}, "tpot_ms": {"mean": 2.0}, "decode_ms": {"mean": 14.0},
-               "e2e_ms": {"mean": 25.0}, "vision_sam_ms": {"mean": 3.0}, "vision_ms": {"mean": 6.0}}
-    times = stage_times_from_summary(summary, ["prefill", "decode", "model", "vision/sam", "vision", "vision/encoder"])
-    assert times == {"prefill": 10.0, "decode": 2.0, "model": 25.0, "vision/sam": 3.0, "vision": 6.0}
+        assert f"vision_sam/{suffix}" in metrics and f"decode/{suffix}" in metrics
+    assert not [k for k in metrics if k.startswith("efficiency/")], "the old spelling is gone"
+    # Ridge 50 FLOP/byte: vision_sam 100 (compute), vision 10 and decode 0.1 (memory).
+    assert record_tags(record) == {"prefill/bound": "compute", "vision_sam/bound": "compute",
+                                   "vision/bound": "memory", "decode/bound": "memory", "e2e/bound": "memory"}
 
 
 # -- ground-truth workloads -------------------------------------------------------------------------
@@ -143,32 +161,40 @@ def test_copy_forward_moves_the_buffer():
 
 
 def _compose_model(name: str, overrides: list[str]):
-    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra.compose("config", overrides=[f"model={name}", *overrides]).model
+    return compose("config", [f"model={name}", *overrides]).model
 
 
-def test_gemm_config_runs_through_the_timed_pass_and_efficiency():
+def _timed(workload, new_tokens: int, warmup: int, repeats: int) -> pd.DataFrame:
+    settings = types.SimpleNamespace(new_tokens=new_tokens, warmup=warmup, repeats=repeats, stop_at_eos=False)
+    return TimedResult.from_samples(list(iter_timed_samples(workload, settings)), workload).samples
+
+
+def test_gemm_config_runs_through_the_timed_and_counted_passes():
     model_cfg = _compose_model("gemm", ["model.factory.m=32", "model.factory.n=48", "model.factory.k=16"])
     workload = build_workload(model_cfg, [], torch.device("cpu"))
     assert workload.inputs[0].prompt_tokens == 32
-    rows = [r.row for r in iter_timed_samples(workload, new_tokens=2, warmup=1, repeats=2)]
-    prefill_ms = sum(r["prefill_ms"] for r in rows) / len(rows)
-    flops = gemm_flops(32, 48, 16)
-    result = stage_efficiency({"prefill": {"flops": flops, "bytes": (32 * 16 + 16 * 48 + 32 * 48) * 4}},
-                              {"prefill": prefill_ms}, cpu_peaks(1.0, 10.0))
-    assert result["prefill"]["mfu"] == pytest.approx(flops / (prefill_ms * 1e-3) / 1e12 / 1.0)
+    samples = _timed(workload, new_tokens=2, warmup=1, repeats=2)
+    assert len(samples) == 2 and (samples["prefill_ms"] > 0).all() and (samples["decode_tpot_ms"] > 0).all()
+    # The counted pass sees exactly the one 2*M*N*K matmul per forward; bytes are the factory's declared minimum.
+    counted = run_counted_pass(workload, types.SimpleNamespace(decode_steps=1), new_tokens=2)
+    flops, nbytes = gemm_flops(32, 48, 16), gemm_min_bytes(32, 48, 16, 4)
+    assert counted.stage_costs["prefill"] == {"flops": flops, "bytes": nbytes}
+    assert counted.stage_costs["decode"]["flops"] == flops
+    assert counted.stage_costs["e2e"] == {"flops": 2 * flops, "bytes": 2 * nbytes}  # prefill + 1 decode step
 
 
 def test_copy_config_builds_its_workload():
     model_cfg = _compose_model("copy", ["model.factory.num_bytes=4096"])
     workload = build_workload(model_cfg, [], torch.device("cpu"))
     assert workload.model.dst.numel() * workload.model.dst.element_size() == 4096
-    rows = [r.row for r in iter_timed_samples(workload, new_tokens=1, warmup=0, repeats=1)]
-    assert rows[0]["prefill_ms"] > 0
+    samples = _timed(workload, new_tokens=1, warmup=0, repeats=1)
+    assert samples["prefill_ms"].iloc[0] > 0
+    counted = run_counted_pass(workload, types.SimpleNamespace(decode_steps=1), new_tokens=1)
+    assert counted.stage_costs["prefill"] == {"flops": 0.0, "bytes": 2 * 4096.0}
 
 
 def test_analytic_stage_cost_records_are_accepted():
-    from llm_perf_opt.profiling.analytic import StageCost
+    from llm_perf_opt.passes.analytic import StageCost
 
     cost = StageCost(flops=2e9, bytes_read=3e7, bytes_written=1e7)
     from_record = stage_efficiency({"prefill": cost}, {"prefill": 1.0}, cpu_peaks())["prefill"]

@@ -1,4 +1,5 @@
-"""NVML sampler (with a fake pynvml), energy maths (counter delta, power trapezoid), stage attribution."""
+"""NVML sampler (with a fake pynvml), energy maths (counter delta, power trapezoid), stage attribution,
+and the energy metric names of the run record."""
 
 from __future__ import annotations
 
@@ -12,13 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from llm_perf_opt.profiling.energy import (
-    TIMELINE_COLUMNS,
-    NvmlSampler,
-    counter_update_period_ms,
-    energy_between,
-    energy_per_stage,
-)
+from llm_perf_opt.analysis.energy import counter_update_period_ms, energy_between, energy_per_stage
+from llm_perf_opt.assembly import RunParts, build_record
+from llm_perf_opt.passes.energy import TIMELINE_COLUMNS, NvmlSampler
+from llm_perf_opt.record import RunInfo, WorkloadInfo
+from llm_perf_opt.schema import StageTree
 
 MS = 1_000_000  # ns
 
@@ -108,7 +107,11 @@ def test_without_nvml_one_warning_and_no_rows(monkeypatch):
     report = energy_per_stage(sampler.timeline, pd.DataFrame({"wall_start_ns": [0], "wall_end_ns": [1],
                                                                 "prefill_ms": [0.0], "decode_ms": [0.0],
                                                                 "new_tokens": [1]}))
-    assert report.metrics == {}  # absent, not zeros
+    # absent, not zeros
+    assert report.stage_energy_j == {} and report.device == {} and report.methods == {}
+    assert report.per_sample.empty
+    metrics = _record_of(report).metrics
+    assert not [k for k in metrics if "energy" in k or k.startswith("gpu/")]
 
 
 def _nvml_works() -> bool:
@@ -195,18 +198,52 @@ def test_energy_per_stage_attributes_prefill_and_decode_from_the_closing_sync():
                             "wall_start_ns": [100 * MS, 600 * MS], "wall_end_ns": [500 * MS, 1100 * MS],
                             "prefill_ms": [150.0, 200.0], "decode_ms": [240.0, 280.0], "new_tokens": [5, 8]})
     report = energy_per_stage(timeline, samples)
-    per = report.per_sample
-    assert per["page_energy_j"].tolist() == pytest.approx([ramp_j(100 * MS, 500 * MS), ramp_j(600 * MS, 1100 * MS)])
-    assert per["decode_energy_j"].tolist() == pytest.approx([ramp_j(260 * MS, 500 * MS), ramp_j(820 * MS, 1100 * MS)])
-    assert per["prefill_energy_j"].tolist() == pytest.approx([ramp_j(110 * MS, 260 * MS),
-                                                              ramp_j(620 * MS, 820 * MS)])
-    metrics = report.metrics
-    assert metrics["energy/j_per_page"] == pytest.approx(per["page_energy_j"].mean())
-    assert metrics["energy/j_per_token"] == pytest.approx(per["decode_energy_j"].sum() / (4 + 7))
-    assert metrics["power/w_mean"] == pytest.approx(per["page_energy_j"].sum() / 0.9)
-    assert metrics["power/w_max"] == pytest.approx(100.0 + 50.0 * 1.1)  # last row inside a window
-    assert metrics["clock/sm_mhz_mean"] == 1500.0  # rows outside the sample windows are not averaged
-    assert report.methods == {"page": "power_trapezoid", "prefill": "power_trapezoid", "decode": "power_trapezoid"}
+    # Windows anchored at the closing sync: decode = [end - decode_ms, end], prefill just before it.
+    pages = [ramp_j(100 * MS, 500 * MS), ramp_j(600 * MS, 1100 * MS)]
+    decodes = [ramp_j(260 * MS, 500 * MS), ramp_j(820 * MS, 1100 * MS)]
+    prefills = [ramp_j(110 * MS, 260 * MS), ramp_j(620 * MS, 820 * MS)]
+    per = report.per_sample  # energy_samples.csv, columns column(stage, "energy_j")
+    assert per["e2e_energy_j"].tolist() == pytest.approx(pages)
+    assert per["decode_energy_j"].tolist() == pytest.approx(decodes)
+    assert per["prefill_energy_j"].tolist() == pytest.approx(prefills)
+    assert per["decode_tokens"].tolist() == [4, 7]
+    assert report.stage_energy_j["e2e"] == {"mean": pytest.approx(sum(pages) / 2)}
+    assert report.stage_energy_j["prefill"] == {"mean": pytest.approx(sum(prefills) / 2)}
+    assert report.stage_energy_j["decode"] == {"mean": pytest.approx(sum(decodes) / 2),
+                                               "per_token": pytest.approx(sum(decodes) / (4 + 7))}
+    assert report.methods == {"e2e": "power_trapezoid", "prefill": "power_trapezoid", "decode": "power_trapezoid"}
+    # The metric names the run record logs (<stage>/energy_j_<kind>, gpu/<quantity>).
+    metrics = _record_of(report).metrics
+    assert metrics["e2e/energy_j_mean"] == pytest.approx(sum(pages) / 2)
+    assert metrics["prefill/energy_j_mean"] == pytest.approx(sum(prefills) / 2)
+    assert metrics["decode/energy_j_mean"] == pytest.approx(sum(decodes) / 2)
+    assert metrics["decode/energy_j_per_token"] == pytest.approx(sum(decodes) / (4 + 7))
+    assert metrics["gpu/power_w_mean"] == pytest.approx(sum(pages) / 0.9)  # time-weighted over 0.4 s + 0.5 s
+    assert metrics["gpu/power_w_max"] == pytest.approx(100.0 + 50.0 * 1.1)  # last row inside a window
+    assert metrics["gpu/sm_clock_mhz_mean"] == 1500.0  # rows outside the sample windows are not averaged
+    assert not [k for k in metrics if k.startswith(("energy/", "power/", "clock/"))], "the old spelling is gone"
+
+
+def test_energy_per_stage_switches_to_the_counter_for_long_windows():
+    """Stepped counter (100 ms updates) at constant power: a 2.5 s page by counter, its 40 ms prefill by power."""
+    timeline = stepped_counter_timeline(power_w=200.0, update_ms=100, total_ms=5000)
+    samples = pd.DataFrame({"wall_start_ns": [1000 * MS], "wall_end_ns": [3500 * MS], "prefill_ms": [40.0],
+                            "decode_ms": [2400.0], "new_tokens": [9]})
+    report = energy_per_stage(timeline, samples)
+    assert report.counter_period_ms == pytest.approx(100.0)
+    assert report.methods == {"e2e": "counter", "prefill": "power_trapezoid", "decode": "counter"}
+    assert report.stage_energy_j["e2e"]["mean"] == pytest.approx(200.0 * 2.5, rel=1e-12)
+    assert report.stage_energy_j["prefill"]["mean"] == pytest.approx(200.0 * 0.040, rel=1e-12)
+    assert report.stage_energy_j["decode"]["per_token"] == pytest.approx(200.0 * 2.4 / 8, rel=1e-12)
+    record = _record_of(report)
+    assert record.energy.methods == report.methods and record.energy.counter_period_ms == pytest.approx(100.0)
+
+
+def _record_of(report):
+    """The run record holding only this energy report (no samples, no costs)."""
+    workload = WorkloadInfo(family="test", dtype="bf16", device="cuda", new_tokens=5, warmup=0, repeats=2, inputs=[])
+    return build_record(RunParts(tree=StageTree.from_paths([]), run=RunInfo(run_dir="run", started_at="t0"),
+                                 workload=workload, env={}, energy=report))
 
 
 @pytest.mark.gpu

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
+import traceback
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from llm_perf_opt.errors import InputError
 from llm_perf_opt.profiling.export import (
     build_summary,
     infer_stage_hint,
@@ -18,12 +19,15 @@ from llm_perf_opt.profiling.export import (
     top_n_operators,
     write_stakeholder_summary,
 )
+from llm_perf_opt.record import save
+from llm_perf_opt.reports import write_reports
+from records import build_record, gpu_record
 
 
-def test_seed_stakeholder_summary_snippet():
-    """The seed project's own test, verbatim."""
-    write_stakeholder_summary('/tmp/tmp.md', [], {"decode": "Decode dominated by attention"})
-    text = Path('/tmp/tmp.md').read_text()
+def test_seed_stakeholder_summary_snippet(tmp_path):
+    """The seed project's own test, in tmp_path."""
+    write_stakeholder_summary(str(tmp_path / "tmp.md"), [], {"decode": "Decode dominated by attention"})
+    text = (tmp_path / "tmp.md").read_text()
     assert "Decode dominated by attention" in text
 
 
@@ -104,59 +108,56 @@ def test_operator_summary_for_metrics(on_device):
     json.dumps(summary, allow_nan=False)
 
 
-def realistic_metrics_json() -> dict:
-    """metrics.json as run_profile writes it (schema 1), plus the profiled pass's entries."""
-    def stats(mean, p50=None):
-        p50 = mean if p50 is None else p50
-        return {"mean": mean, "std": mean * 0.05, "min": mean * 0.9, "max": mean * 1.1, "p50": p50,
-                "p90": mean * 1.05, "p99": mean * 1.09, "count": 6}
-
-    summary = {"prefill_ms": stats(120.0), "ttft_ms": stats(120.0), "vision_sam_ms": stats(50.0),
-               "vision_encoder_ms": stats(30.0), "vision_projector_ms": stats(2.0), "vision_ms": stats(82.0),
-               "decode_ms": stats(280.0), "tpot_ms": stats(40.0, 39.5), "e2e_ms": stats(402.0),
-               "tokens_per_s": stats(19.9), "decode_tokens_per_s": stats(25.0), "decode_step_ms": stats(40.0)}
-    table = {"prefill": ("prefill_ms", None), "vision": ("vision_ms", "prefill"),
-             "vision/sam": ("vision_sam_ms", "vision"), "vision/encoder": ("vision_encoder_ms", "vision"),
-             "vision/projector": ("vision_projector_ms", "vision"), "decode": ("decode_ms", None)}
-    return {
-        "schema_version": 1, "status": "FINISHED", "error": None,
-        "run": {"run_dir": "/tmp/run", "mlflow_run_id": "abc"},
-        "workload": {"family": "deepseek_ocr2", "preset": "full", "image_mode": "tiled", "new_tokens": 8,
-                     "dtype": "bf16"},
-        "env": {"device_type": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "torch": "2.11.0",
-                "transformers": "5.17.0", "dtype": "bf16", "attn_implementation": "sdpa"},
-        "stages": {name: {"column": col, "nested_in": parent, "ms": summary[col]} for name, (col, parent) in table.items()},
-        "summary": summary,
-        "metrics": {"prefill/ms_mean": 120.0, "samples/count": 6.0, "overhead/prefill_ratio": 1.25,
-                    "overhead/decode_step_ratio": 1.8},
-        "profiled_pass": {"trace": "trace.json.gz", "inputs": 1, "decode_steps": 4, "time_basis": "device_span",
-                          "stage_ms": {"prefill": 150.0, "decode_step": 72.0},
-                          "stages": [{"stage": "prefill", "profiled_ms": 150.0}, {"stage": "decode", "profiled_ms": 288.0}]},
-        "top_operators": [{"stage": "decode", "name": "aten::mm", "calls": 96, "total_time_ms": 144.0},
-                          {"stage": "vision/sam", "name": "aten::conv2d", "calls": 1, "total_time_ms": 20.0}],
-        "top_operators_by_stage": {"decode": [{"stage": "decode", "name": "aten::mm", "calls": 96,
-                                               "total_time_ms": 144.0}]},
-    }
-
-
 def test_build_summary_regenerates_from_metrics_json_alone(tmp_path):
-    metrics_path = tmp_path / "metrics.json"
-    metrics_path.write_text(json.dumps(realistic_metrics_json()))
+    metrics_path = save(gpu_record(tpot_p50=39.5), tmp_path / "metrics.json")
     out = tmp_path / "stakeholder_summary.md"
     build_summary(str(metrics_path), str(out))
     text = out.read_text()
     assert "NVIDIA H100 80GB HBM3" in text and "6 timed samples of 8 new tokens" in text
     # Stage table: vision stated as nested within prefill, shares computed from the numbers.
     assert "|vision (inside prefill)|82.00|" in text and "68.3% of prefill" in text  # 82 / 120
-    assert "|decode|280.00|" in text and "69.7% of end-to-end" in text  # 280 / 402
+    assert "|decode|280.00|" in text and "69.7% of end to end" in text  # 280 / 402
     assert "Time per output token (TPOT): 39.50 ms" in text
-    # Top cost centres with their stage and share of the stage's profiled time (144 / 288).
-    assert "|1|aten::mm|decode|144.00|96|50.0%|" in text
+    # Top cost centres with their stage and share of the stage's profiled time (144 / 504).
+    assert "|1|aten::mm|decode|144.00|672|28.6%|" in text
     assert "Decode dominates end-to-end time: 69.7%" in text
-    assert ("Under the profiler, prefill 1.25x (overhead/prefill_ratio) and a decode step 1.80x "
-            "(overhead/decode_step_ratio) of their timed times") in text
+    assert "Under the profiler, prefill 1.25x and a decode step 1.80x of their timed times" in text
     assert "a decode step took 1.80x its timed time" in text
-    # Rebuilding gives the same file.
-    first = text
+    # Rebuilding gives the same file, and the same file write_reports writes.
     build_summary(str(metrics_path), str(out))
-    assert out.read_text() == first
+    assert out.read_text() == text
+    write_reports(tmp_path)
+    assert (tmp_path / "stakeholder_summary.md").read_text() == text
+
+
+def _record_json(**changes) -> dict:
+    record = json.loads(build_record().model_dump_json())
+    record.update(changes)
+    return record
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (_record_json(schema_version=1), "has schema_version 1; this version of llm-perf-opt reads schema_version 2"),
+    (_record_json(stages=[{"key": "e2e", "parent": None, "label": "end to end", "kind": "measured",
+                           "stats": {"ms": {"mean": "fast"}}}]),
+     "is not a valid run record (schema_version 2): stages.0.stats.ms.mean: Input should be a valid number"),
+    (_record_json(status="DONE"), "status: Input should be 'FINISHED', 'FAILED', 'KILLED' or 'RUNNING'"),
+    ("{not json", "is not readable JSON"),
+])
+def test_build_summary_rejects_old_or_malformed_metrics_json(tmp_path, content, expected):
+    metrics_path = tmp_path / "metrics.json"
+    metrics_path.write_text(content if isinstance(content, str) else json.dumps(content))
+    out = tmp_path / "summary.md"
+    with pytest.raises(InputError) as raised:
+        build_summary(str(metrics_path), str(out))
+    message = str(raised.value)
+    assert expected in message and str(metrics_path) in message
+    assert "re-run the profile" in message and "\n" not in message
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "ValidationError" not in shown and "JSONDecodeError" not in shown, "no pydantic / json traceback attached"
+    assert not out.exists()
+
+
+def test_build_summary_of_a_missing_file(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        build_summary(str(tmp_path / "nope.json"), str(tmp_path / "out.md"))

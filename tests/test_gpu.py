@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import pandas as pd
 import pytest
@@ -11,9 +12,9 @@ import torch
 from conftest import FAST, compose_config, requires_cuda
 from llm_perf_opt.data import load_pages
 from llm_perf_opt.models import build_workload
-from llm_perf_opt.profile_run import run_profile
-from llm_perf_opt.profiling.clock import StageClock
-from llm_perf_opt.profiling.timed_pass import iter_timed_samples
+from llm_perf_opt.passes.clock import StageClock
+from llm_perf_opt.passes.timed import TimedResult, iter_timed_samples
+from llm_perf_opt.runners.profile import run_profile
 
 pytestmark = [pytest.mark.gpu, requires_cuda]
 
@@ -34,21 +35,32 @@ def test_cuda_clock_times_device_work_not_launches():
 def test_tiny_deepseek_on_cuda_nests_and_adds_up():
     cfg = compose_config(*FAST, "device=cuda", "model.dtype=bf16")
     workload = build_workload(cfg.model, load_pages(cfg.dataset), torch.device("cuda"), 0)
-    records = list(iter_timed_samples(workload, new_tokens=8, warmup=2, repeats=3))
-    for record in records:
-        row = record.row
+    settings = types.SimpleNamespace(new_tokens=8, warmup=2, repeats=3, stop_at_eos=False)
+    records = list(iter_timed_samples(workload, settings))
+    samples = TimedResult.from_samples(records, workload).samples
+    assert len(samples) == 3 * len(workload.inputs)
+    for row in samples.to_dict(orient="records"):
         assert row["clock"] == "cuda_event"
-        assert 0 < row["vision_ms"] <= row["prefill_ms"]
+        assert 0 < row["vision_sam_ms"] and 0 < row["vision_ms"] <= row["prefill_ms"]
         staged = row["prefill_ms"] + row["decode_ms"]
         assert staged <= row["e2e_ms"] + 0.05  # events sit inside the host window (50 us of event resolution slack)
         assert row["prefill_peak_mem_mib"] > 0 and row["decode_peak_mem_mib"] > 0
 
 
-def test_full_run_on_cuda_records_memory_metrics(tmp_path):
+def test_full_run_on_cuda_records_memory_energy_and_efficiency_metrics(tmp_path):
     cfg = compose_config(*FAST, "device=cuda", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")
     outcome = run_profile(cfg, tmp_path / "run")
-    assert outcome.status == "FINISHED"
+    assert outcome.status == "FINISHED", outcome.error
     env = json.loads((outcome.run_dir / "env.json").read_text())
     assert env["device_name"].startswith("NVIDIA") and env["cuda"]
-    assert outcome.metrics["memory/prefill_peak_mib_max"] > 0
+    metrics = outcome.metrics
+    assert metrics["prefill/peak_mem_mib_max"] > 0 and metrics["decode/peak_mem_mib_max"] > 0
     assert (pd.read_csv(outcome.run_dir / "samples.csv")["clock"] == "cuda_event").all()
+    # Busy share and overhead come from the profiled pass's device spans; MFU from counted FLOPs over timed ms.
+    assert 0 < metrics["prefill/busy_share"] <= 1.001
+    assert metrics["prefill/profiler_overhead_ratio"] > 0 and metrics["decode/profiler_overhead_ratio"] > 0
+    assert metrics["vision_sam/tflops"] > 0 and metrics["decode/step_flops"] > 0
+    assert outcome.record.profiled_pass.time_basis == "device_span"
+    if outcome.record.energy is not None:  # NVML present: energy per stage and the device readings
+        assert metrics["e2e/energy_j_mean"] > 0 and metrics["decode/energy_j_per_token"] > 0
+        assert metrics["gpu/power_w_max"] > 0

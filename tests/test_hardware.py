@@ -7,17 +7,9 @@ import warnings
 import pytest
 import torch
 
+from llm_perf_opt.analysis.peaks import DTYPES, PEAK_TABLE, HardwarePeaks, lookup_peaks, ridge_point, with_calibration
 from llm_perf_opt.errors import InputError
-from llm_perf_opt.profiling.hardware import (
-    DTYPES,
-    PEAK_TABLE,
-    HardwarePeaks,
-    calibrate,
-    lookup_peaks,
-    matmul_dtype,
-    ridge_point,
-    with_calibration,
-)
+from llm_perf_opt.passes.calibration import calibrate, matmul_dtype
 
 H100_SXM = "NVIDIA H100 80GB HBM3"
 
@@ -68,9 +60,9 @@ def test_lookup_known_device_and_ridge():
     peaks = lookup_peaks(H100_SXM, torch.bfloat16)
     spec = PEAK_TABLE[H100_SXM]
     assert peaks.dtype == "bf16"
-    assert peaks.peak_tflops == spec.tflops["bf16"]
-    assert peaks.peak_bandwidth_gbps == spec.bandwidth_gbps
-    assert peaks.ridge_flop_per_byte == spec.tflops["bf16"] * 1e12 / (spec.bandwidth_gbps * 1e9)
+    assert (peaks.peak_tflops, peaks.peak_bandwidth_gbps) == (989.4, 3352.0)
+    assert (spec.tflops["bf16"], spec.bandwidth_gbps) == (989.4, 3352.0)
+    assert peaks.ridge_flop_per_byte == pytest.approx(295.17, abs=0.01)  # 989.4 TFLOP/s over 3.352 TB/s
     assert "https://" in peaks.source
     assert lookup_peaks(H100_SXM.lower(), "fp16").name == H100_SXM  # exact name, other case
 
@@ -132,7 +124,9 @@ def test_with_calibration_adds_achievable_peaks():
     peaks = with_calibration(lookup_peaks(H100_SXM, "bf16"), measured)
     assert peaks.peak_tflops == PEAK_TABLE[H100_SXM].tflops["bf16"]
     assert peaks.achievable_tflops == 790.0
-    assert peaks.achievable_ridge_flop_per_byte == ridge_point(790.0, 3000.0) == 790.0 * 1e12 / 3000e9
+    assert peaks.achievable_ridge_flop_per_byte == pytest.approx(263.33, abs=0.01)  # 790 TFLOP/s over 3 TB/s
+    assert peaks.ridge_flop_per_byte == pytest.approx(295.17, abs=0.01)  # the spec ridge stays
+    assert ridge_point(790.0, None) is None and ridge_point(None, 3000.0) is None
     only = with_calibration(None, measured, device_name="Some GPU", dtype="bf16")
     assert isinstance(only, HardwarePeaks) and only.peak_tflops is None and only.achievable_tflops == 790.0
 
@@ -146,9 +140,22 @@ def test_calibrate_on_cpu_warns_and_returns_none():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_calibrate_measures_gemm_and_copy_on_cuda():
     measured = calibrate("cuda", "bf16", gemm_size=4096, copy_bytes=1 << 28, warmup=2, repeats=5)
-    assert measured["achievable_tflops"] == pytest.approx(2 * 4096**3 / (measured["gemm_ms"] * 1e-3) / 1e12)
-    assert measured["achievable_bandwidth_gbps"] == pytest.approx(2 * (1 << 28) / (measured["copy_ms"] * 1e-3) / 1e9)
+    assert measured["gemm_size"] == 4096 and measured["copy_bytes_moved"] == 2 * (1 << 28)
+    # The same GEMM timed here with a bare CUDA-event pair around 20 back-to-back products: the median
+    # of calibrate's per-product times and this mean agree within 15 % (clock boost, launch overlap).
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    bare_tflops = 20 * 2 * 4096**3 / (start.elapsed_time(end) * 1e-3) / 1e12
+    assert measured["achievable_tflops"] == pytest.approx(bare_tflops, rel=0.15)
     spec = PEAK_TABLE.get(torch.cuda.get_device_name())
-    if spec is not None:  # a measurement can't beat the datasheet by more than noise
-        assert measured["achievable_tflops"] < spec.tflops["bf16"] * 1.05
-        assert measured["achievable_bandwidth_gbps"] < spec.bandwidth_gbps * 1.05
+    if spec is not None:  # a measurement can't beat the datasheet by more than noise, nor fall far below it
+        assert 0.3 * spec.tflops["bf16"] < measured["achievable_tflops"] < spec.tflops["bf16"] * 1.05
+        assert 0.3 * spec.bandwidth_gbps < measured["achievable_bandwidth_gbps"] < spec.bandwidth_gbps * 1.05

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from conftest import FAST, compose_config
+from llm_perf_opt import record, schema
 from llm_perf_opt.errors import InputError
-from llm_perf_opt.profile_run import run_profile
-from llm_perf_opt.profiling import timed_pass
-from llm_perf_opt.profiling.summary_stats import STATS
+from llm_perf_opt.passes import timed
+from llm_perf_opt.runners.profile import run_profile
+from llm_perf_opt.schema import STATS
 
 RUN_FILES = {"config.yaml", "env.json", "workload.json", "samples.csv", "decode_steps.csv", "metrics.json"}
 
@@ -51,17 +52,50 @@ def test_summary_statistics_equal_those_recomputed_from_samples_csv(default_run)
     outcome, _ = default_run
     samples = pd.read_csv(outcome.run_dir / "samples.csv")
     steps = pd.read_csv(outcome.run_dir / "decode_steps.csv")
-    metrics = json.loads((outcome.run_dir / "metrics.json").read_text())["metrics"]
+    metrics = record.load(outcome.run_dir).metrics
     assert len(samples) == 2 * 3 and len(steps) == 6 * 3  # 2 pages x 3 repeats; 3 decode steps each
-    for column, name in [("prefill_ms", "prefill/ms"), ("vision_sam_ms", "vision/sam_ms"),
-                         ("decode_ms", "decode/ms"), ("tpot_ms", "latency/tpot_ms"),
-                         ("tokens_per_s", "throughput/tokens_per_s")]:
+    for column, name in [("prefill_ms", "prefill/ms"), ("vision_sam_ms", "vision_sam/ms"),
+                         ("vision_ms", "vision/ms"), ("decode_ms", "decode/ms"), ("decode_tpot_ms", "decode/tpot_ms"),
+                         ("e2e_tokens_per_s", "e2e/tokens_per_s")]:
         values = samples[column]
         expected = {"mean": values.mean(), "std": values.std(ddof=1), "min": values.min(), "max": values.max(),
                     "p50": values.quantile(0.5), "p90": values.quantile(0.9), "p99": values.quantile(0.99)}
         for stat in STATS:
             assert metrics[f"{name}_{stat}"] == pytest.approx(expected[stat], rel=1e-9), f"{name}_{stat}"
     assert metrics["decode/step_ms_p50"] == pytest.approx(steps["decode_step_ms"].median(), rel=1e-9)
+
+
+def test_stages_nest_as_the_record_says_and_groups_sum_their_children(default_run):
+    outcome, _ = default_run
+    run = record.load(outcome.run_dir)
+    tree = run.tree()
+    assert [(s.key, s.parent, s.kind) for s in tree] == [
+        ("e2e", None, "measured"), ("prefill", "e2e", "measured"), ("vision", "prefill", "sum_of_children"),
+        ("vision_sam", "vision", "measured"), ("vision_encoder", "vision", "measured"),
+        ("vision_projector", "vision", "measured"), ("decode", "e2e", "measured")]
+    samples = pd.read_csv(outcome.run_dir / "samples.csv")
+    parts = samples[["vision_sam_ms", "vision_encoder_ms", "vision_projector_ms"]].sum(axis=1)
+    assert samples["vision_ms"].to_numpy() == pytest.approx(parts.to_numpy(), rel=1e-12)
+    assert (samples["vision_ms"] < samples["prefill_ms"]).all()  # nested: inside prefill, never added to it
+    assert (samples["prefill_ms"] + samples["decode_ms"] <= samples["e2e_ms"]).all()
+    vision, prefill = run.stage("vision"), run.stage("prefill")
+    assert vision.share_of_parent == pytest.approx(vision.mean() / prefill.mean(), rel=1e-12)
+    assert vision.flops == pytest.approx(sum(run.stage(k).flops for k in
+                                             ("vision_sam", "vision_encoder", "vision_projector")), rel=1e-12)
+    assert vision.flops < prefill.flops
+
+
+def test_every_metric_key_and_column_is_the_schemas(default_run):
+    outcome, _ = default_run
+    run = record.load(outcome.run_dir)
+    stages = set(run.tree().keys())
+    for name in run.metrics:
+        group, quantity, _ = schema.parse_metric_key(name)
+        assert group in stages | {"gpu", "run"}, name
+    samples = pd.read_csv(outcome.run_dir / "samples.csv")
+    for column in samples.columns:
+        if column.endswith(("_ms", "_per_s")):
+            assert any(column.startswith(key + "_") for key in stages), column
 
 
 def test_mlflow_run_mirrors_the_run_directory(default_run):
@@ -73,13 +107,15 @@ def test_mlflow_run_mirrors_the_run_directory(default_run):
     assert params["profiling.repeats"] == "3" and params["workload.moe_routing"] == "uniform"
     assert tags["llm_perf_opt.kind"] == "profile" and tags["preset"] == "tiny" and tags["model"] == "deepseek_ocr2"
     assert tags["device"]
-    for name in ("prefill/ms_p50", "decode/ms_p50", "vision/sam_ms_p50", "vision/encoder_ms_p50",
-                 "vision/projector_ms_p50", "latency/ttft_ms_p50", "latency/tpot_ms_p50"):
+    for name in ("prefill/ms_p50", "decode/ms_p50", "vision_sam/ms_p50", "vision_encoder/ms_p50",
+                 "vision_projector/ms_p50", "vision/ms_p50", "decode/tpot_ms_p50", "e2e/ms_p50"):
         assert metrics[name] > 0, name
-    local = json.loads((outcome.run_dir / "metrics.json").read_text())["metrics"]
-    assert metrics == pytest.approx(local)
-    assert 0 <= metrics["coverage/prefill_no_formula_share"] <= 1
-    assert 0 <= metrics["coverage/vision_sam_no_formula_share"] <= 1
+    local = record.load(outcome.run_dir)
+    assert metrics == pytest.approx(local.metrics)
+    assert metrics == pytest.approx(record.flat_metrics(local))
+    assert 0 <= metrics["prefill/no_formula_share"] <= 1
+    assert 0 <= metrics["vision_sam/no_formula_share"] <= 1
+    assert metrics["prefill/profiler_overhead_ratio"] > 0
     artifacts = {a.path for a in client.list_artifacts(outcome.mlflow_run_id)}
     assert RUN_FILES <= artifacts
     # The profiled pass's and the reports' artifacts are there too (kernels.csv only on a GPU).
@@ -92,7 +128,7 @@ def test_mlflow_run_mirrors_the_run_directory(default_run):
 
 
 def test_failure_mid_run_keeps_samples_and_ends_failed(tmp_path, tracking_uri, monkeypatch):
-    real = timed_pass.time_one_sample
+    real = timed.time_one_sample
     calls = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -101,7 +137,7 @@ def test_failure_mid_run_keeps_samples_and_ends_failed(tmp_path, tracking_uri, m
             raise RuntimeError("simulated device failure")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(timed_pass, "time_one_sample", failing)
+    monkeypatch.setattr(timed, "time_one_sample", failing)
     outcome = _run(tmp_path, tracking_uri, "profiling.repeats=5")
     assert outcome.status == "FAILED" and "simulated device failure" in outcome.error
     samples = pd.read_csv(outcome.run_dir / "samples.csv")
@@ -109,7 +145,10 @@ def test_failure_mid_run_keeps_samples_and_ends_failed(tmp_path, tracking_uri, m
     assert "simulated device failure" in (outcome.run_dir / "error.txt").read_text()
     client, run = _mlflow_run(tracking_uri, outcome.mlflow_run_id)
     assert run.info.status == "FAILED"
-    assert run.data.metrics["samples/count"] == 2
+    assert run.data.metrics["run/samples"] == 2
+    failed = record.load(outcome.run_dir)
+    assert failed.status == "FAILED" and "simulated device failure" in failed.error
+    assert failed.stage("prefill").stats["ms"].count == 2
     assert {"error.txt", "samples.csv", "metrics.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
@@ -119,7 +158,7 @@ def test_tracking_failure_loses_nothing(tmp_path):
     assert outcome.tracking_errors and outcome.mlflow_run_id is None
     assert RUN_FILES <= {p.name for p in outcome.run_dir.iterdir()}
     assert "MLflow" in (outcome.run_dir / "tracking_error.txt").read_text()
-    assert json.loads((outcome.run_dir / "metrics.json").read_text())["metrics"]["prefill/ms_p50"] > 0
+    assert record.load(outcome.run_dir).metrics["prefill/ms_p50"] > 0
 
 
 def test_hf_causal_lm_workload_has_no_vision_stages(tmp_path, tracking_uri):
@@ -133,14 +172,16 @@ def test_hf_causal_lm_workload_has_no_vision_stages(tmp_path, tracking_uri):
 
 
 def test_target_factory_workload_with_its_stage_map(tmp_path, tracking_uri):
-    outcome = _run(tmp_path, tracking_uri, "model=custom", "model.factory.num_layers=3")
+    outcome = _run(tmp_path, tracking_uri, "model=custom", "++model.factory.num_layers=3")
     assert outcome.status == "FINISHED"
     samples = pd.read_csv(outcome.run_dir / "samples.csv")
     assert (samples["body_layers_ms"] > 0).all() and (samples["body_lm_head_ms"] > 0).all()
     assert (samples["body_ms"] <= samples["prefill_ms"]).all()
     _, run = _mlflow_run(tracking_uri, outcome.mlflow_run_id)
     assert run.data.params["model.factory._target_"] == "llm_perf_opt.models.linear_stack.build_linear_stack"
-    assert run.data.metrics["body/layers_ms_p50"] > 0
+    assert run.data.metrics["body_layers/ms_p50"] > 0
+    assert [(s.key, s.parent) for s in record.load(outcome.run_dir).tree() if s.key.startswith("body")] == [
+        ("body", "prefill"), ("body_layers", "body"), ("body_lm_head", "body")]
 
 
 def test_omnidocbench_pages_run_tiled(tmp_path, tracking_uri, demo_root):
@@ -157,8 +198,6 @@ def test_omnidocbench_pages_run_tiled(tmp_path, tracking_uri, demo_root):
     [
         (["model.path=/no/such/checkpoint"], "not a checkpoint directory"),
         (["dataset=omnidocbench", "dataset.root=/no/such/root"], "/no/such/root"),
-        (["model.image_mode=huge"], "image_mode=huge"),
-        (["model.dtype=int3"], "model.dtype=int3"),
         (["model.stage_map.vision.sam=model.no_such_module"], "names no submodule"),
     ],
 )
@@ -178,4 +217,5 @@ def test_empty_subset_file_is_an_input_error(tmp_path, tracking_uri, demo_root):
     subset = tmp_path / "empty.txt"
     subset.write_text("# nothing selected\n")
     with pytest.raises(InputError):
-        _run(tmp_path, tracking_uri, "dataset=omnidocbench", f"dataset.root={demo_root}", f"dataset.subset_file={subset}")
+        _run(tmp_path, tracking_uri, "dataset=omnidocbench", f"dataset.root={demo_root}",
+             f"dataset.subset_file={subset}")

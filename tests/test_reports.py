@@ -1,209 +1,296 @@
-"""Tests for report.md and stakeholder_summary.md (CPU, tiny DeepSeek-OCR-2).
+"""Tests for report.md, stakeholder_summary.md, operators.md and the takeaways, rendered from a RunRecord.
 
-One real run (run_profile's timed pass + the profiled pass, merged into metrics.json as run_profile
-does it) feeds the report tests; hand-made metrics dicts check that takeaways follow the numbers.
+Unit tests build records with tests/records.py (defaults: e2e 402 ms = prefill 120 + decode 280 + host
+gaps; vision 82 = sam 50 + encoder 30 + projector 2 inside prefill; 8 new tokens -> TPOT 280 / 7 = 40 ms),
+so every expected share below is arithmetic on those numbers. One integration test runs the real
+pipeline and reads the reports it wrote.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-from pathlib import Path
+import subprocess
+import sys
 
-import hydra
-import pandas as pd
 import pytest
-import torch
 
-from llm_perf_opt.data import load_pages
-from llm_perf_opt.models import build_workload
-from llm_perf_opt.profile_run import run_profile
-from llm_perf_opt.profiling.export import build_summary
-from llm_perf_opt.profiling.profiled_pass import metrics_for_run, run_profiled_pass
+from llm_perf_opt.record import load
 from llm_perf_opt.reports import derive_recommendations, derive_takeaways, write_reports
-from llm_perf_opt.reports.stakeholder_summary import write_stakeholder_summary_from_metrics
+from llm_perf_opt.reports.stakeholder_summary import write_stakeholder_summary
+from records import OPERATORS, build_record, gpu_record, write_run_dir
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-TOP_N = 4
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A finished run directory with the profiled pass merged in (what run_profile writes once integrated)."""
-    root = tmp_path_factory.mktemp("report_run")
-    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra.compose("config", overrides=[
-            f"tracking.uri=sqlite:///{root}/mlflow.db", "tracking.enabled=false", "model.image_mode=global768",
-            "dataset.num_pages=1", "profiling.repeats=2", "profiling.new_tokens=3", "profiling.warmup=1",
-            "profiling.progress=false"])
-    outcome = run_profile(cfg, root / "run")
-    assert outcome.status == "FINISHED", outcome.error
-    workload = build_workload(cfg.model, load_pages(cfg.dataset), torch.device("cpu"), 0)
-    profiled = run_profiled_pass(workload, num_inputs=1, decode_steps=2, run_dir=outcome.run_dir, top_n=TOP_N)
-    metrics_path = outcome.run_dir / "metrics.json"
-    metrics_json = json.loads(metrics_path.read_text())
-    overhead, entries = metrics_for_run(profiled, metrics_json["summary"], TOP_N)
-    metrics_json["metrics"].update(overhead)
-    metrics_json.update(entries)
-    metrics_path.write_text(json.dumps(metrics_json, indent=2))
-    return outcome.run_dir
+KERNELS = [("decode", "gemv_bf16_kernel", 672, 100.0), ("prefill", "sm90_gemm_kernel", 48, 25.0)]
+FORBIDDEN = ("torch", "llm_perf_opt.passes", "llm_perf_opt.models", "llm_perf_opt.runners", "llm_perf_opt.tracking",
+             "llm_perf_opt.compare", "llm_perf_opt.sinks")
 
 
-@pytest.fixture(scope="module")
-def reports(run_dir):
-    return write_reports(run_dir)
+def _rows_in_order(text: str, rows: list[str]) -> None:
+    positions = [text.index(row) for row in rows]  # ValueError names a missing row
+    assert positions == sorted(positions), "rows out of the record's stage order"
 
 
-def _metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
+# --- imports ---------------------------------------------------------------------------------------------
 
 
-def test_write_reports_writes_both_files(run_dir, reports):
-    assert reports == [run_dir / "report.md", run_dir / "stakeholder_summary.md"]
-    assert all(p.stat().st_size > 0 for p in reports)
+@pytest.mark.parametrize("module", ["llm_perf_opt.reports", "llm_perf_opt.profiling.export"])
+def test_reports_import_no_torch_nor_pipeline_modules(module):
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
+                            capture_output=True, text=True, check=True)
+    lines = result.stderr.splitlines()
+    imported = [line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")]
+    assert module in imported  # the check reads real importtime output
+    assert not [line for line in lines if "torch" in line]
+    assert not [name for name in imported if name.startswith(FORBIDDEN[1:])]
 
 
-def test_technical_report_content(run_dir, reports):
+# --- write_reports ----------------------------------------------------------------------------------------
+
+
+def test_write_reports_writes_every_file_of_a_gpu_run(tmp_path):
+    run_dir = write_run_dir(gpu_record(), tmp_path / "run", operators=OPERATORS, kernels=KERNELS)
+    written = write_reports(run_dir)
+    assert written == [run_dir / "report.md", run_dir / "stakeholder_summary.md", run_dir / "operators.md",
+                       run_dir / "roofline.png"]
+    assert (run_dir / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_reports_without_profiled_pass_or_peaks(tmp_path):
+    # Efficiency numbers but no hardware peaks: no roofs to draw, no roofline; no operators.csv: no operators.md.
+    record = build_record(costs={"prefill": (4.0e12, 2.0e10)})
+    assert record.stage("prefill").efficiency.achieved_tflops == pytest.approx(4.0e12 / 0.120 / 1e12)
+    run_dir = write_run_dir(record, tmp_path / "run")
+    assert write_reports(run_dir) == [run_dir / "report.md", run_dir / "stakeholder_summary.md"]
+    report = (run_dir / "report.md").read_text()
+    assert "No operator data: the profiled pass did not run." in report
+    assert "## Efficiency" in report and "|MFU|" not in report, "no peaks: no MFU column"
+    for absent in ("## Profiled pass", "## Energy", "## Hardware peaks"):
+        assert absent not in report
+
+
+def test_technical_report_stage_tables(tmp_path):
+    run_dir = write_run_dir(gpu_record(tpot_p50=39.5), tmp_path / "run", operators=OPERATORS, kernels=KERNELS)
+    write_reports(run_dir)
     text = (run_dir / "report.md").read_text()
-    metrics_json = _metrics(run_dir)
-    assert f"|torch|{metrics_json['env']['torch']}|" in text
-    sam = metrics_json["stages"]["vision/sam"]["ms"]
-    assert f"|vision/sam|vision|{sam['mean']:.3f}|{sam['std']:.3f}|{sam['p50']:.3f}|{sam['p90']:.3f}|{sam['p99']:.3f}|" in text
-    assert "nested within prefill" in text
-    ttft = metrics_json["summary"]["ttft_ms"]
-    assert f"|TTFT (ms)|{ttft['mean']:.3f}|" in text and "|TPOT (ms)|" in text and "|tokens/s (decode)|" in text
-    operators = pd.read_csv(run_dir / "operators.csv")
-    for stage in ("prefill", "vision/sam", "decode"):
-        top = operators[operators["stage"] == stage].nlargest(1, "total_time_ms").iloc[0]
-        assert f"### {stage}" in text and f"|{top['name']}|{top['calls']}|{top['total_time_ms']:.3f}|" in text
-    ratio = metrics_json["metrics"]["overhead/prefill_ratio"]
-    assert f"|{metrics_json['profiled_pass']['stage_ms']['prefill']:.3f}|" in text and f"|{ratio:.3f}|" in text
-    if not metrics_json.get("efficiency"):
-        assert "Efficiency" not in text, "no efficiency section without efficiency numbers"
-    else:
-        assert "## Efficiency (FLOPs, MFU, MBU, bound)" in text
+    # Every stage by label, nested in its parent's label, with its share of it, in the record's order.
+    _rows_in_order(text, [
+        "|end to end|-|measured|402.000|20.100|402.000|422.100|438.180|361.800|442.200|6|-|",
+        "|prefill|end to end|measured|120.000|6.000|120.000|126.000|130.800|108.000|132.000|6|29.9% of end to end|",
+        "|vision|prefill|sum_of_children|82.000|4.100|82.000|86.100|89.380|73.800|90.200|6|68.3% of prefill|",
+        "|vision › sam|vision|measured|50.000|2.500|50.000|52.500|54.500|45.000|55.000|6|61.0% of vision|",
+        "|vision › encoder|vision|measured|30.000|",
+        "|vision › projector|vision|measured|2.000|0.100|2.000|2.100|2.180|1.800|2.200|6|2.4% of vision|",
+        "|decode|end to end|measured|280.000|14.000|280.000|294.000|305.200|252.000|308.000|6|69.7% of end to end|",
+    ])
+    # TTFT is prefill's time; TPOT = 280 / 7; decode tokens/s = 7 / 0.280; whole request 8 / 0.402.
+    assert "|time to first token, TTFT (ms)|prefill|120.000|" in text
+    assert "|time per output token, TPOT (ms)|decode|40.000|2.000|39.500|" in text
+    assert "|tokens/s|decode|25.000|" in text and "|tokens/s|end to end|19.900|" in text
+    # Efficiency: 4e12 FLOPs in 120 ms = 33.33 TFLOP/s, / 989.4 = MFU 0.0337; intensity 200 < ridge 295: memory.
+    assert "|prefill|4.000e+12|2.000e+10|120.0000|33.3333|166.6667|200.0000|0.0337|0.0497|" in text
+    assert "|memory|" in text.split("|prefill|4.000e+12")[1].split("\n")[0]
+    assert "|decode|2.000e+09|1.500e+09|40.0000|0.0500|37.5000|1.3333|" in text  # per step over TPOT
+    # Profiled pass: absent busy shares are n/a, not 0; timed mean is decode's TPOT.
+    assert "|vision › sam|1|60.000|60.000|1.200|n/a|n/a|50.000|" in text
+    assert "|decode|7|504.000|72.000|1.800|0.300|0.100|40.000|" in text
+    # Operators per stage from operators.csv, headed by label, share = total / the stage's profiled time.
+    _rows_in_order(text, ["### prefill", "### vision › sam", "### vision › encoder", "### decode", "### other"])
+    assert "|aten::conv2d|2|21.000|10.500|11.550|23.100|18.900|21.000|0.350|" in text  # 21 / 60
+    assert "|aten::mm|672|144.000|0.214|79.200|158.400|129.600|144.000|0.286|" in text  # 144 / 504
+    assert "|aten::copy_|4|0.500|0.125|0.275|0.550|0.450|0.500|n/a|" in text  # `other` has no profiled time
+    assert "|gemv_bf16_kernel|672|100.000|0.149|0.198|" in text  # 100 / 504
+    assert "|end to end|120.600|n/a|counter|" in text and "|decode|n/a|10.500|counter|" in text
 
 
-def test_efficiency_section_and_statements_when_present(run_dir, reports, tmp_path):
-    metrics_json = _metrics(run_dir)
-    metrics_json["efficiency"] = {"prefill": {"flops": 2.5e9, "mfu": 0.41, "mbu": 0.12, "bound": "compute"},
-                                  "decode": {"flops": 1.0e7, "mfu": 0.01, "mbu": 0.83, "bound": "memory",
-                                             "busy_share": 0.92}}
-    (tmp_path / "metrics.json").write_text(json.dumps(metrics_json))
-    write_reports(tmp_path)
-    report = (tmp_path / "report.md").read_text()
-    assert "## Efficiency (FLOPs, MFU, MBU, bound)" in report
-    assert "|decode|1.000e+07|0.0100|0.8300|memory|0.9200|" in report
-    summary = (tmp_path / "stakeholder_summary.md").read_text()
-    assert "busy 92% of the time; MBU 83.0%; MFU 1.0%; memory-bound" in summary
-    assert "launch-bound" not in summary
+def test_operator_rows_follow_the_records_stage_order(tmp_path):
+    rows = [("vision_sam", "aten::conv2d", 2, 21.0), ("prefill", "aten::linear", 48, 30.0)]
+    run_dir = write_run_dir(gpu_record(), tmp_path / "run", operators=rows)
+    write_reports(run_dir, top_n=5)
+    report = (run_dir / "report.md").read_text()
+    _rows_in_order(report, ["### prefill", "### vision › sam"])  # record order, not CSV order
+    assert "|aten::conv2d|2|21.000|10.500|11.550|23.100|18.900|21.000|0.350|" in report
+    operators = (run_dir / "operators.md").read_text()
+    assert "|vision › sam|aten::conv2d|2|21.000|" in operators and "## Stage vision › sam: top 5 operators" in operators
 
 
-def test_stakeholder_summary_cites_the_run(run_dir, reports, tmp_path):
+def test_operators_md_on_a_cpu_run(tmp_path):
+    rows = [("prefill", "aten::linear", 48, 30.0), ("decode", "aten::mm", 672, 144.0)]
+    run_dir = write_run_dir(gpu_record(), tmp_path / "run", operators=rows, on_device=False)
+    write_reports(run_dir, top_n=1)
+    text = (run_dir / "operators.md").read_text()
+    assert "total_time_ms = total CPU time" in text and "self_device_ms" not in text
+    _rows_in_order(text, ["## Stage time in the profiled pass", "|prefill|1|150.000|", "|decode|7|504.000|",
+                          "## Top 1 operators overall", "|decode|aten::mm|672|144.000|",
+                          "## Stage prefill: top 1 operators", "## Stage decode: top 1 operators"])
+    assert "|prefill|aten::linear|" not in text.split("## Stage prefill")[0], "top 1 overall is decode's mm"
+    assert "kernels" not in text
+
+
+def test_stakeholder_summary_cites_the_record(tmp_path):
+    run_dir = write_run_dir(gpu_record(tpot_p50=39.5), tmp_path / "run", operators=OPERATORS)
+    write_reports(run_dir)
     text = (run_dir / "stakeholder_summary.md").read_text()
-    metrics_json = _metrics(run_dir)
-    prefill = metrics_json["stages"]["prefill"]["ms"]["mean"]
-    vision = metrics_json["stages"]["vision"]["ms"]["mean"]
-    e2e = metrics_json["summary"]["e2e_ms"]["mean"]
-    assert f"|prefill (time to first token)|{prefill:.2f}|" in text
-    assert f"{100 * prefill / e2e:.1f}% of end-to-end" in text
-    assert f"|vision (inside prefill)|{vision:.2f}|" in text and f"{100 * vision / prefill:.1f}% of prefill" in text
-    assert "Vision runs inside prefill" in text
-    tpot = metrics_json["summary"]["tpot_ms"]["p50"]
-    assert f"Time per output token (TPOT): {tpot:.2f} ms" in text
-    for rank, op in enumerate(metrics_json["top_operators"], 1):
-        assert f"|{rank}|{op['name']}|{op['stage']}|{op['total_time_ms']:.2f}|" in text
-    # Environment on one line; no efficiency claims without efficiency numbers (a CPU run has no peaks).
-    assert f"torch {metrics_json['env']['torch']}" in text
-    decode_efficiency = (metrics_json.get("efficiency") or {}).get("decode") or {}
-    if all(decode_efficiency.get(k) is None for k in ("mfu", "mbu", "bound", "busy_share")):
-        for claim in ("MFU", "MBU", "launch-bound", "memory-bound", "compute-bound", "busy"):
-            assert claim not in text
-    # build_summary (metrics.json alone) regenerates the same file.
-    rebuilt = tmp_path / "rebuilt.md"
-    build_summary(str(run_dir / "metrics.json"), str(rebuilt))
-    assert rebuilt.read_text() == text
+    assert ("deepseek_ocr2 full (bf16, sdpa, image mode tiled) on NVIDIA H100 80GB HBM3; torch 2.11.0, "
+            "transformers 5.17.0; 6 timed samples of 8 new tokens each.") in text
+    _rows_in_order(text, [
+        "|end to end|402.00|402.00|422.10|whole request|",
+        "|prefill (time to first token)|120.00|120.00|126.00|29.9% of end to end|",  # 120 / 402
+        "|vision (inside prefill)|82.00|82.00|86.10|68.3% of prefill|",  # 82 / 120
+        "|vision › sam (inside vision)|50.00|50.00|52.50|61.0% of vision|",  # 50 / 82
+        "|decode|280.00|280.00|294.00|69.7% of end to end|",  # 280 / 402
+    ])
+    assert "Time per output token (TPOT): 39.50 ms (median; mean 40.00)" in text
+    assert "Tokens per second, decode only: 25.00 tokens/s" in text
+    assert "Energy per output token, decode: 10.500 J" in text and "Mean GPU power: 300.0 W" in text
+    _rows_in_order(text, ["|1|aten::mm|decode|144.00|672|28.6%|", "|2|aten::linear|prefill|30.00|48|20.0%|",
+                          "|3|aten::conv2d|vision › sam|21.00|2|35.0%|", "|9|aten::copy_|other|0.50|4|n/a|"])
+    assert "Decode dominates end-to-end time: 69.7%" in text
 
 
-# --- takeaways follow the numbers ---------------------------------------------------------------------
+def test_report_of_a_cpu_run_makes_no_efficiency_or_energy_claims(tmp_path):
+    run_dir = write_run_dir(build_record(), tmp_path / "run")
+    write_reports(run_dir)
+    for name in ("report.md", "stakeholder_summary.md"):
+        text = (run_dir / name).read_text()
+        for claim in ("MFU", "MBU", "launch-bound", "memory-bound", "compute-bound", "busy", "Energy", " J "):
+            assert claim not in text, (name, claim)
+    assert "No operator data (the profiled pass did not run)." in (run_dir / "stakeholder_summary.md").read_text()
 
 
-def metrics_with(prefill: float, decode: float, sam: float, encoder: float, e2e: float | None = None,
-                 efficiency: dict | None = None) -> dict:
-    def stats(mean):
-        return {"mean": mean, "std": 0.1, "min": mean, "max": mean, "p50": mean, "p90": mean, "p99": mean, "count": 3}
-
-    steps = 4
-    summary = {"prefill_ms": stats(prefill), "vision_sam_ms": stats(sam), "vision_encoder_ms": stats(encoder),
-               "vision_ms": stats(sam + encoder), "decode_ms": stats(decode), "tpot_ms": stats(decode / steps),
-               "decode_tokens_per_s": stats(1000 * steps / decode), "e2e_ms": stats(e2e or prefill + decode + 1.0)}
-    entries = {"prefill": ("prefill_ms", None), "vision": ("vision_ms", "prefill"),
-               "vision/sam": ("vision_sam_ms", "vision"), "vision/encoder": ("vision_encoder_ms", "vision"),
-               "decode": ("decode_ms", None)}
-    result = {"status": "FINISHED", "summary": summary, "metrics": {},
-              "stages": {k: {"column": c, "nested_in": p, "ms": summary[c]} for k, (c, p) in entries.items()}}
-    if efficiency is not None:
-        result["efficiency"] = efficiency
-    return result
+def test_failed_run_says_so(tmp_path):
+    record = build_record(status="FAILED", error="RuntimeError: boom")
+    text = write_stakeholder_summary(record, tmp_path / "s.md").read_text()
+    assert "The run did not finish** (FAILED: RuntimeError: boom)" in text
 
 
-def test_dominant_stage_follows_the_numbers():
-    decode_heavy = derive_takeaways(metrics_with(prefill=100.0, decode=300.0, sam=60.0, encoder=20.0, e2e=400.0))
-    assert decode_heavy["end_to_end"].startswith("Decode dominates end-to-end time: 75.0% (300.00 ms of 400.00 ms")
-    assert "Prefill takes 25.0% (100.00 ms)" in decode_heavy["end_to_end"]
-    prefill_heavy = derive_takeaways(metrics_with(prefill=300.0, decode=100.0, sam=60.0, encoder=20.0, e2e=400.0))
-    assert prefill_heavy["end_to_end"].startswith("Prefill dominates end-to-end time: 75.0%")
+# --- takeaways follow the numbers --------------------------------------------------------------------------
 
 
-def test_dominant_vision_substage_follows_the_numbers():
-    sam_heavy = derive_takeaways(metrics_with(prefill=100.0, decode=50.0, sam=60.0, encoder=20.0))
-    assert sam_heavy["vision"] == ("Vision runs inside prefill and takes 80.0% of it (80.00 of 100.00 ms). "
-                                   "Within vision, vision/sam dominates with 75.0% (60.00 ms).")
-    encoder_heavy = derive_takeaways(metrics_with(prefill=100.0, decode=50.0, sam=10.0, encoder=30.0))
-    assert "vision/encoder dominates with 75.0% (30.00 ms)" in encoder_heavy["vision"]
+def test_dominant_stage_of_e2e_follows_the_numbers():
+    decode_heavy = derive_takeaways(build_record(prefill_ms=100.0, decode_ms=300.0, e2e_ms=400.0))
+    assert decode_heavy["end_to_end"] == ("Decode dominates end-to-end time: 75.0% (300.00 ms of 400.00 ms mean per "
+                                          "request). Prefill takes 25.0% (100.00 ms).")
+    prefill_heavy = derive_takeaways(build_record(prefill_ms=300.0, decode_ms=100.0, e2e_ms=410.0))
+    assert prefill_heavy["end_to_end"].startswith("Prefill dominates end-to-end time: 73.2% (300.00 ms of 410.00 ms")
 
 
-def test_decode_boundness_only_from_efficiency_numbers():
-    base = dict(prefill=100.0, decode=400.0, sam=60.0, encoder=20.0)
-    plain = derive_takeaways(metrics_with(**base))
-    assert plain["decode"] == "Decode costs 100.00 ms per output token (TPOT p50; mean 100.00 ms), 10.0 tokens/s per sequence."
-    # Without a verdict of the efficiency module, the busy share and MBU decide.
-    launch = metrics_with(**base, efficiency={"decode": {"busy_share": 0.3, "mbu": 0.2, "mfu": 0.01}})
-    text = derive_takeaways(launch)["decode"]
-    assert "the device is busy 30% of the time; MBU 20.0%; MFU 1.0%; launch-bound" in text
-    assert "(busy share below 50%)" in text and "memory-bound" not in text
-    assert "device busy only 30% of decode" in derive_recommendations(launch)["decode"]
-    memory = metrics_with(**base, efficiency={"decode": {"busy_share": 0.95, "mbu": 0.8}})
-    text = derive_takeaways(memory)["decode"]
-    assert "MBU 80.0%" in text and "memory-bound" in text and "(MBU at or above 50%)" in text
-    assert "launch-bound" not in text
-    assert "memory traffic" in derive_recommendations(memory)["decode"]
-    # The efficiency module's verdict wins; a low MBU earns no memory recommendation.
-    labelled = metrics_with(**base, efficiency={"decode": {"mbu": 0.015, "bound": "memory"}})
+def test_dominant_child_of_each_group_in_prefill():
+    substages = {("vision", "sam"): 60.0, ("vision", "encoder"): 20.0, ("audio", "frontend"): 4.0,
+                 ("audio", "encoder"): 12.0}
+    takeaways = derive_takeaways(build_record(prefill_ms=100.0, substages=substages))
+    assert takeaways["vision"] == ("Vision runs inside prefill and takes 80.0% of it (80.00 of 100.00 ms). "
+                                   "Within vision, vision › sam dominates with 75.0% (60.00 ms).")
+    assert takeaways["audio"] == ("Audio runs inside prefill and takes 16.0% of it (16.00 of 100.00 ms). "
+                                  "Within audio, audio › encoder dominates with 75.0% (12.00 ms).")
+    encoder_heavy = derive_takeaways(build_record(prefill_ms=100.0, substages={("vision", "sam"): 10.0,
+                                                                               ("vision", "encoder"): 30.0}))
+    assert "vision › encoder dominates with 75.0% (30.00 ms)" in encoder_heavy["vision"]
+
+
+def test_decode_boundness_from_efficiency():
+    plain = derive_takeaways(build_record(decode_ms=420.0))
+    assert plain["decode"] == ("Decode costs 60.00 ms per output token (TPOT p50; mean 60.00 ms), "
+                               "16.7 tokens/s per sequence.")  # 420 / 7; 7 / 0.42
+    # The efficiency's verdict wins over busy share and MBU; a low MBU earns no memory recommendation.
+    labelled = build_record(efficiency={"decode": {"mbu": 0.015, "bound": "memory", "busy_share": 0.2}})
     text = derive_takeaways(labelled)["decode"]
-    assert "MBU 1.5%; memory-bound (bytes moved, not arithmetic, set the pace) (efficiency verdict)" in text
-    assert derive_recommendations(labelled)["decode"] == "Optimise decode first: it is 79.8% of end-to-end time."
-    launch_label = metrics_with(**base, efficiency={"decode": {"busy_share": 0.09, "mbu": 0.9, "bound": "launch"}})
-    assert "launch-bound" in derive_takeaways(launch_label)["decode"]
-    assert "CUDA graphs" in derive_recommendations(launch_label)["decode"]
-    assert "prefill" not in derive_takeaways(memory), "no prefill efficiency given: nothing said about it"
+    assert text.endswith("During decode the device is busy 20% of the time; MBU 1.5%; memory-bound (bytes moved, "
+                         "not arithmetic, set the pace) (efficiency verdict).")
+    assert derive_recommendations(labelled)["decode"] == "Optimise decode first: it is 69.7% of end-to-end time."
+    # Without a verdict, a busy share below 50% reads as launch-bound, MBU >= 50% as memory-bound.
+    launch = build_record(efficiency={"decode": {"busy_share": 0.3, "mbu": 0.2, "mfu": 0.00005}})
+    text = derive_takeaways(launch)["decode"]
+    assert "busy 30% of the time; MBU 20.0%; MFU 0.005%; launch-bound" in text and "(busy share below 50%)" in text
+    assert "device busy only 30% of decode" in derive_recommendations(launch)["decode"]
+    memory = build_record(efficiency={"decode": {"busy_share": 0.95, "mbu": 0.8}})
+    text = derive_takeaways(memory)["decode"]
+    assert "MBU 80.0%; memory-bound" in text and "(MBU at or above 50%)" in text and "launch" not in text
+    assert "At MBU 80% decode is limited by memory traffic" in derive_recommendations(memory)["decode"]
+    assert "prefill" not in derive_takeaways(memory), "no prefill efficiency: nothing said about it"
+
+
+def test_pipeline_verdict_from_costs_and_busy_share():
+    # decode: 2e9 FLOPs / 1.5e9 bytes per 40 ms step; busy 30% -> launch (analysis.efficiency's verdict).
+    takeaways = derive_takeaways(gpu_record())
+    assert "MBU 1.1%; MFU 0.0051%; launch-bound" in takeaways["decode"]  # 37.5 / 3352; 0.05 / 989.4
+    assert takeaways["prefill"].startswith("Prefill (TTFT 120.00 ms mean): the device is busy 90% of the time; "
+                                           "MBU 5.0%; MFU 3.4%; memory-bound")
+
+
+def test_top_operator_per_stage_with_its_share_of_profiled_time():
+    takeaways = derive_takeaways(gpu_record())
+    assert takeaways["top operator, decode"] == (
+        "The largest operator in decode is aten::mm: 144.00 ms total over 672 calls in the profiled pass, "
+        "28.6% of decode's profiled time (504.00 ms).")
+    assert takeaways["top operator, prefill"] == (  # prefill holds stages: its own operators are those outside them
+        "The largest operator directly in prefill (outside the stages nested in it) is aten::linear: 30.00 ms total "
+        "over 48 calls in the profiled pass, 20.0% of prefill's profiled time (150.00 ms).")
+    assert "aten::conv2d: 21.00 ms total over 2 calls in the profiled pass, 35.0% of vision › sam's" \
+        in takeaways["top operator, vision › sam"]
+    assert [t for t in takeaways if t.startswith("top operator")] == [
+        "top operator, prefill", "top operator, vision › sam", "top operator, vision › encoder",
+        "top operator, vision › projector", "top operator, decode"]  # record order; `other` is no stage
+    unprofiled = derive_takeaways(build_record(operators=OPERATORS))
+    assert unprofiled["top operator, decode"].endswith("over 672 calls in the profiled pass."), "no share without time"
+
+
+def test_profiler_overhead_and_recommendation():
+    record = gpu_record()
+    assert derive_takeaways(record)["profiler_overhead"].startswith(
+        "Under the profiler, prefill 1.25x and a decode step 1.80x of their timed times")
+    assert derive_recommendations(record)["profiling"].endswith("a decode step took 1.80x its timed time.")
+    mild = gpu_record(profiled={"prefill": {"profiler_overhead_ratio": 1.1},
+                                "decode": {"profiler_overhead_ratio": 1.3}})
+    assert "profiling" not in derive_recommendations(mild)
 
 
 def test_recommendations_follow_the_dominant_stage():
-    decode_heavy = derive_recommendations(metrics_with(prefill=100.0, decode=300.0, sam=60.0, encoder=20.0, e2e=400.0))
+    decode_heavy = derive_recommendations(build_record(prefill_ms=100.0, decode_ms=300.0, e2e_ms=400.0))
     assert list(decode_heavy) == ["decode"] and "75.0%" in decode_heavy["decode"]
-    vision_heavy = metrics_with(prefill=300.0, decode=100.0, sam=200.0, encoder=40.0, e2e=400.0)
-    vision_heavy["workload"] = {"image_mode": "tiled"}
-    text = derive_recommendations(vision_heavy)["prefill"]
-    assert "Vision is 80.0% of prefill and vision/sam its largest part" in text and "tiled" in text
+    vision_heavy = build_record(prefill_ms=300.0, decode_ms=100.0, e2e_ms=400.0,
+                                substages={("vision", "sam"): 200.0, ("vision", "encoder"): 40.0})
+    assert derive_recommendations(vision_heavy)["prefill"] == (
+        "Optimise prefill (time to first token) first: it is 75.0% of end-to-end time. Vision is 80.0% of prefill "
+        "and vision › sam its largest part: fewer or smaller image views (image mode now: tiled) cut it most.")
 
 
-def test_missing_numbers_give_no_takeaway(tmp_path):
-    assert derive_takeaways({}) == {} and derive_recommendations({}) == {}
-    partial = metrics_with(prefill=100.0, decode=300.0, sam=60.0, encoder=20.0)
-    del partial["summary"]["tpot_ms"]
+def test_missing_numbers_give_no_takeaway():
+    empty = build_record(prefill_ms=None, decode_ms=None, e2e_ms=None, substages={})
+    assert derive_takeaways(empty) == {} and derive_recommendations(empty) == {}
+    # Without decode's time, neither which stage dominates nor decode's TPOT is known.
+    no_decode = derive_takeaways(build_record(decode_ms=None))
+    assert "end_to_end" not in no_decode and "decode" not in no_decode and "vision" in no_decode
+    # A group with an untimed part has no time of its own: no vision takeaway.
+    untimed_part = build_record(substages={("vision", "sam"): 50.0, ("vision", "encoder"): None})
+    assert untimed_part.stage("vision").stats == {}
+    assert "vision" not in derive_takeaways(untimed_part)
+    partial = build_record()
+    del partial.stage("decode").stats["tpot_ms"]
     assert "decode" not in derive_takeaways(partial)
-    failed = copy.deepcopy(partial)
-    failed.update(status="FAILED", error="RuntimeError: boom")
-    text = write_stakeholder_summary_from_metrics(failed, tmp_path / "s.md").read_text()
-    assert "The run did not finish" in text and "RuntimeError: boom" in text
+    assert "energy" not in derive_takeaways(partial) and "profiler_overhead" not in derive_takeaways(partial)
+
+
+# --- the real pipeline -------------------------------------------------------------------------------------
+
+
+def test_reports_written_by_run_profile_cite_every_stage(tmp_path, tracking_uri):
+    from conftest import FAST, compose_config
+    from llm_perf_opt.runners.profile import run_profile
+
+    outcome = run_profile(compose_config(*FAST, f"tracking.uri={tracking_uri}"), tmp_path / "run")
+    run_dir = tmp_path / "run"
+    assert outcome.status == "FINISHED", outcome.error
+    record = load(run_dir)
+    report = (run_dir / "report.md").read_text()
+    summary = (run_dir / "stakeholder_summary.md").read_text()
+    timed = [stage for stage in record.stages if "ms" in stage.stats]
+    assert {s.key for s in timed} >= {"e2e", "prefill", "decode"}
+    for stage in timed:
+        parent = record.stage(stage.parent).label if stage.parent else "-"
+        assert f"|{stage.label}|{parent}|{stage.kind}|{stage.stats['ms'].mean:.3f}|" in report, stage.key
+        assert f"|{stage.stats['ms'].mean:.2f}|{stage.stats['ms'].p50:.2f}|" in summary, stage.key
+    tpot = record.stage("decode").stats["tpot_ms"]
+    assert f"Time per output token (TPOT): {tpot.p50:.2f} ms (median; mean {tpot.mean:.2f})" in summary
+    if (run_dir / "operators.csv").exists():
+        operators = (run_dir / "operators.md").read_text()
+        for stage in record.stages:
+            if stage.profiled is not None and stage.key in record.top_operators_by_stage:
+                assert f"## Stage {stage.label}: top" in operators, stage.key

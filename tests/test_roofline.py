@@ -1,80 +1,87 @@
-"""Roofline: roofs where the peaks put them, stage points where the efficiency puts them, a real PNG."""
+"""Roofline from a RunRecord: roofs where record.hardware puts them, stage points where each stage's efficiency
+puts them (labelled by label, coloured by stage order), a real PNG."""
 
 from __future__ import annotations
 
+import matplotlib.colors
 import matplotlib.image
 import numpy as np
 import pytest
 
-from llm_perf_opt.profiling.efficiency import stage_efficiency
-from llm_perf_opt.profiling.hardware import lookup_peaks, with_calibration
-from llm_perf_opt.profiling.roofline import build_roofline_figure, plot_roofline
+from llm_perf_opt.reports.plotting import DPI, stage_color
+from llm_perf_opt.reports.roofline import build_roofline_figure, can_plot, plot_roofline
+from records import COSTS, build_record, gpu_record, peaks_of
+
+# vision › encoder moves bytes but has no FLOPs: it has efficiency numbers but no place on log axes.
+ZERO_FLOP_COSTS = {**COSTS, "vision_encoder": (0.0, 1.0e9)}
 
 
-@pytest.fixture
-def peaks():
-    return lookup_peaks("NVIDIA H100 80GB HBM3", "bf16")
-
-
-@pytest.fixture
-def efficiency(peaks):
-    costs = {"prefill": {"flops": 4e12, "bytes": 2e10}, "decode": {"flops": 2e9, "bytes": 1.5e9},
-             "vision/sam": {"flops": 1e12, "bytes": 1e9}, "copy": {"flops": 0.0, "bytes": 1e9}}
-    return stage_efficiency(costs, {"prefill": 10.0, "decode": 1.0, "vision/sam": 3.0, "copy": 0.5}, peaks)
-
-
-def _stage_offsets(axes) -> dict[str, tuple[float, float]]:
+def _points(axes) -> dict[str, tuple[float, float]]:
     return {c.get_label(): tuple(c.get_offsets()[0]) for c in axes.collections if c.get_label() != "operators"}
 
 
-def test_stage_points_and_labels_sit_at_intensity_and_achieved_tflops(efficiency, peaks):
-    figure = build_roofline_figure(efficiency, peaks)
-    axes = figure.axes[0]
-    offsets = _stage_offsets(axes)
-    for stage in ("prefill", "decode", "vision/sam"):
-        x, y = offsets[stage]
-        assert x == pytest.approx(efficiency[stage]["intensity_flop_per_byte"])
-        assert y == pytest.approx(efficiency[stage]["achieved_tflops"])
+def test_stage_points_sit_at_intensity_and_achieved_tflops():
+    record = gpu_record(costs=ZERO_FLOP_COSTS)
+    axes = build_roofline_figure(record).axes[0]
+    points = _points(axes)
+    # prefill: 4e12 FLOPs / 2e10 bytes = 200 FLOP/B in 120 ms = 33.3 TFLOP/s; vision › sam 1000 FLOP/B, 20 TFLOP/s;
+    # decode (per step, over TPOT 40 ms): 2e9 / 1.5e9 = 1.33 FLOP/B, 0.05 TFLOP/s.
+    assert points == {"prefill": pytest.approx((200.0, 4e12 / 0.12 / 1e12)),
+                      "vision › sam": pytest.approx((1000.0, 20.0)), "decode": pytest.approx((4 / 3, 0.05))}
     texts = [t.get_text() for t in axes.texts]
-    assert {"prefill", "decode", "vision/sam"} <= set(texts)
-    assert any("copy" in t and "not on log axes" in t for t in texts)  # zero FLOPs: listed, not plotted
+    assert {"prefill", "vision › sam", "decode"} <= set(texts)
+    assert any(t.startswith("not on log axes") and "vision › encoder" in t for t in texts)
     assert "NVIDIA H100 80GB HBM3" in axes.get_title() and "bf16" in axes.get_title()
     assert axes.get_xscale() == axes.get_yscale() == "log"
 
 
-def test_roof_is_bandwidth_times_intensity_below_the_ridge_and_peak_above(efficiency, peaks):
-    axes = build_roofline_figure(efficiency, peaks).axes[0]
+def test_points_are_coloured_by_the_record_stage_order():
+    record = gpu_record()
+    axes = build_roofline_figure(record).axes[0]
+    order = {stage.label: index for index, stage in enumerate(record.stages)}
+    for collection in axes.collections:
+        label = collection.get_label()
+        expected = matplotlib.colors.to_rgba(stage_color(order[label]))
+        assert tuple(collection.get_facecolor()[0]) == pytest.approx(expected), label
+
+
+def test_roof_is_bandwidth_times_intensity_below_the_ridge_and_peak_above():
+    record = gpu_record()
+    axes = build_roofline_figure(record).axes[0]
     roof = next(line for line in axes.lines if line.get_label().startswith("spec roof"))
     xs, ys = roof.get_data()
-    expected = np.minimum(xs * peaks.peak_bandwidth_gbps / 1e3, peaks.peak_tflops)
-    np.testing.assert_allclose(ys, expected)
-    assert xs.min() < peaks.ridge_flop_per_byte < xs.max()
+    np.testing.assert_allclose(ys, np.minimum(xs * 3352.0 / 1e3, 989.4))  # H100 SXM bf16: 3352 GB/s, 989.4 TFLOP/s
+    assert xs.min() < 989.4e12 / 3352e9 < xs.max()
+    assert xs.min() == pytest.approx(4 / 3 / 10) and xs.max() == pytest.approx(1000.0 * 10)  # a decade around points
 
 
-def test_calibrated_roof_and_operator_points_are_drawn(efficiency, peaks):
-    calibrated = with_calibration(peaks, {"achievable_tflops": 790.0, "achievable_bandwidth_gbps": 3000.0})
+def test_calibrated_roof_and_operator_points_are_drawn():
+    calibrated = peaks_of().model_copy(update={"achievable_tflops": 790.0, "achievable_bandwidth_gbps": 3000.0})
     operators = [{"name": "aten::mm", "intensity_flop_per_byte": 400.0, "achieved_tflops": 600.0}]
-    axes = build_roofline_figure(efficiency, calibrated, operator_points=operators).axes[0]
-    labels = [line.get_label() for line in axes.lines]
-    assert any(label.startswith("achievable roof") for label in labels)
+    axes = build_roofline_figure(gpu_record(hardware=calibrated), operator_points=operators).axes[0]
+    achievable = next(line for line in axes.lines if line.get_label().startswith("achievable roof"))
+    xs, ys = achievable.get_data()
+    np.testing.assert_allclose(ys, np.minimum(xs * 3000.0 / 1e3, 790.0))
     scatter = next(c for c in axes.collections if c.get_label() == "operators")
     assert tuple(scatter.get_offsets()[0]) == (400.0, 600.0)
     assert "aten::mm" in [t.get_text() for t in axes.texts]
 
 
-def test_png_is_written_with_content(tmp_path, efficiency, peaks):
-    path = plot_roofline(efficiency, peaks, tmp_path / "sub" / "roofline.png")
-    assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_png_is_written_with_content(tmp_path):
+    path = plot_roofline(gpu_record(), tmp_path / "sub" / "roofline.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = matplotlib.image.imread(path)
-    assert image.shape[:2] == (round(5.5 * 120), 8 * 120)
+    assert image.shape[:2] == (round(5.5 * DPI), 8 * DPI)
     assert image[..., :3].std() > 0.05  # lines, points and text, not a blank canvas
-    assert path.stat().st_size > 20_000
 
 
-def test_without_peaks_points_are_still_plotted(tmp_path, efficiency):
-    unpeaked = stage_efficiency({"prefill": {"flops": 1e9, "bytes": 1e7}}, {"prefill": 2.0}, None)
-    axes = build_roofline_figure(unpeaked, None, device_name="x86_64").axes[0]
+def test_can_plot_needs_points_and_peaks(tmp_path):
+    assert can_plot(gpu_record())
+    assert not can_plot(build_record(costs=COSTS)), "no peaks: no roofs to set the points against"
+    assert not can_plot(gpu_record(costs={"vision_encoder": (0.0, 1.0e9)})), "no plottable stage"
+    assert not can_plot(build_record(hardware=peaks_of())), "no efficiency at all"
+    # Drawn anyway (e.g. by hand), a record without peaks gives points only.
+    axes = build_roofline_figure(build_record(costs=COSTS)).axes[0]
     assert not any("roof" in line.get_label() for line in axes.lines)
-    assert "prefill" in _stage_offsets(axes)
+    assert set(_points(axes)) == {"prefill", "vision › sam", "decode"}
     assert "no peaks known" in axes.get_title()
-    assert plot_roofline(unpeaked, None, tmp_path / "r.png").stat().st_size > 5_000

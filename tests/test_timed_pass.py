@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import types
 
 import pytest
 import torch
@@ -10,12 +11,18 @@ import torch
 from conftest import FAST, compose_config
 from llm_perf_opt.data import load_pages
 from llm_perf_opt.models import build_workload
+from llm_perf_opt.models.generation import CallConvention, decode_n_tokens, prefill
 from llm_perf_opt.models.moe_routing import find_routers
-from llm_perf_opt.profiling.clock import StageClock
-from llm_perf_opt.profiling.generation import CallConvention, decode_n_tokens, prefill
-from llm_perf_opt.profiling.timed_pass import iter_timed_samples
+from llm_perf_opt.passes.clock import StageClock
+from llm_perf_opt.passes.timed import TimedResult, iter_timed_samples
+from llm_perf_opt.schema import column
 
 CPU = torch.device("cpu")
+
+
+def _settings(new_tokens: int, warmup: int, repeats: int, stop_at_eos: bool = False):
+    """What iter_timed_samples reads from the `profiling` section."""
+    return types.SimpleNamespace(new_tokens=new_tokens, warmup=warmup, repeats=repeats, stop_at_eos=stop_at_eos)
 
 
 def _workload(*overrides: str):
@@ -39,24 +46,31 @@ def test_cpu_clock_measures_elapsed_time():
 
 
 def test_vision_substages_nest_within_prefill_and_stages_add_up_to_e2e(deepseek_tiny):
-    records = list(iter_timed_samples(deepseek_tiny, new_tokens=5, warmup=1, repeats=3))
+    records = list(iter_timed_samples(deepseek_tiny, _settings(new_tokens=5, warmup=1, repeats=3)))
     assert len(records) == 3 * len(deepseek_tiny.inputs)
-    for record in records:
-        row = record.row
-        subs = [row["vision_sam_ms"], row["vision_encoder_ms"], row["vision_projector_ms"]]
-        assert all(ms > 0 for ms in subs)
-        assert row["vision_ms"] == pytest.approx(sum(subs))
+    frames = TimedResult.from_samples(records, deepseek_tiny)
+    samples = frames.samples
+    # Every stage of the tree has its samples.csv column, spelled by the schema.
+    assert {column(stage, "ms") for stage in deepseek_tiny.stages.keys()} <= set(samples.columns)
+    assert {"decode_tpot_ms", "decode_tokens_per_s", "e2e_tokens_per_s"} <= set(samples.columns)
+    subs = ["vision_sam_ms", "vision_encoder_ms", "vision_projector_ms"]
+    for row in samples.to_dict(orient="records"):
+        assert all(row[name] > 0 for name in subs)
+        # The group column holds exactly its three children, never prefill or the group itself.
+        assert row["vision_ms"] == pytest.approx(sum(row[name] for name in subs))
         # Sub-stages run inside the first forward pass: their sum can never exceed prefill.
         assert row["vision_ms"] <= row["prefill_ms"]
-        assert row["new_tokens"] == 5 and len(record.decode_step_ms) == 4
-        assert row["decode_ms"] == pytest.approx(sum(record.decode_step_ms))
-        assert row["tpot_ms"] == pytest.approx(row["decode_ms"] / 4)
+        assert row["new_tokens"] == 5
         # prefill + decode vs the synchronised wall time around the same sample: the difference is the
         # loop's own host gaps (a few marks and Python calls). Tolerance: 5% of e2e + 1 ms.
         staged = row["prefill_ms"] + row["decode_ms"]
         assert staged <= row["e2e_ms"] + 1e-6
         assert row["e2e_ms"] - staged <= 0.05 * row["e2e_ms"] + 1.0
-        assert row["tokens_per_s"] == pytest.approx(5 / row["e2e_ms"] * 1e3)
+    # decode_steps.csv: one row per decode step (new_tokens - 1 per sample), numbered from 1.
+    steps = frames.decode_steps
+    assert list(steps.columns) == ["repeat", "input_index", "input_id", "step", "decode_step_ms"]
+    assert len(steps) == 4 * len(records) and steps["step"].tolist() == [1, 2, 3, 4] * len(records)
+    assert (steps["decode_step_ms"] > 0).all()
 
 
 def test_loop_generates_what_generate_generates():
@@ -115,7 +129,7 @@ def test_model_routing_keeps_the_router():
 
 
 def test_decode_experts_switch_mirrors_generate_and_restores(deepseek_tiny):
-    from llm_perf_opt.profiling.generation import decode_experts_plan, decode_phase
+    from llm_perf_opt.models.generation import decode_experts_plan, decode_phase
 
     model = deepseek_tiny.model
     before = model.get_experts_implementation()
@@ -135,19 +149,19 @@ def test_timed_pass_decodes_with_the_planned_experts_and_restores():
     seen = []
     experts = next(m for m in workload.model.modules() if type(m).__name__.endswith("TextExperts"))
     experts.register_forward_pre_hook(lambda module, args: seen.append(module.config._experts_implementation))
-    records = list(iter_timed_samples(workload, new_tokens=3, warmup=0, repeats=1))
+    records = list(iter_timed_samples(workload, _settings(new_tokens=3, warmup=0, repeats=1)))
     assert records and seen == ["grouped_mm", "batched_mm", "batched_mm"]  # prefill, then 2 decode steps
     assert workload.model.get_experts_implementation()["text_config"] == "grouped_mm"
 
 
 def test_warmup_covers_every_input(monkeypatch):
-    from llm_perf_opt.profiling import timed_pass
+    from llm_perf_opt.passes import timed as timed_pass
 
     workload = _workload("dataset.num_pages=2")
     seen = []
     real = timed_pass.time_one_sample
     monkeypatch.setattr(timed_pass, "time_one_sample",
                         lambda wl, prepared, *a, **k: seen.append(prepared.input_id) or real(wl, prepared, *a, **k))
-    records = list(iter_timed_samples(workload, new_tokens=2, warmup=1, repeats=1))
+    records = list(iter_timed_samples(workload, _settings(new_tokens=2, warmup=1, repeats=1)))
     ids = [p.input_id for p in workload.inputs]
     assert seen == ids + ids and [r.row["input_id"] for r in records] == ids

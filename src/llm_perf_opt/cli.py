@@ -4,38 +4,20 @@ Commands: `profile` (the stage profiler, conf/config.yaml) and `compare` (statis
 tracked runs, conf/compare.yaml). Overrides may also arrive the way `mlflow run` passes them:
 `--overrides "a=1 b=2"` (the MLproject's declared parameter, split like a shell would) and
 `--key value` (MLflow's form for undeclared `-P key=value`), both turned into Hydra's `key=value`.
+
+Bad input is one `error: ...` line on stderr and exit status 2, never a traceback: an override Hydra or
+OmegaConf rejects while composing (`model.dtype=fp8`, `profiling.repeats=abc`, `model=nosuch`; see
+`llm_perf_opt.config.run_hydra_main`), and a value `llm_perf_opt.config.validate` rejects (an
+`InputError`) in the runners. `HYDRA_FULL_ERROR=1` keeps Hydra's own reporting (full stack traces).
 """
 
 from __future__ import annotations
 
-import shlex
 import sys
 
-# Hydra's own flags keep their meaning; every other `--key value` pair becomes `key=value`.
-_HYDRA_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--resolve", "--package", "-p",
-                "--run", "-r", "--multirun", "-m", "--shell-completion", "-sc", "--config-path", "-cp",
-                "--config-name", "-cn", "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
+from llm_perf_opt.config import expand_overrides
 
-
-def expand_overrides(args: list[str]) -> list[str]:
-    expanded: list[str] = []
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        if arg == "--overrides" and index + 1 < len(args):
-            expanded.extend(shlex.split(args[index + 1]))
-            index += 2
-        elif arg.startswith("--overrides="):
-            expanded.extend(shlex.split(arg.split("=", 1)[1]))
-            index += 1
-        elif arg.startswith("--") and arg not in _HYDRA_FLAGS and "=" not in arg and index + 1 < len(args):
-            expanded.append(f"{arg[2:]}={args[index + 1]}")
-            index += 2
-        else:
-            expanded.append(arg)
-            index += 1
-    return expanded
-
+__all__ = ["COMMANDS", "expand_overrides", "main"]
 
 COMMANDS = {"profile": "llm_perf_opt.runners.llm_profile_runner",
             "compare": "llm_perf_opt.runners.compare_runs"}

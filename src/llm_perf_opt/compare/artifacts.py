@@ -1,38 +1,29 @@
-"""Read a compared run's files (samples.csv, env.json, operators.csv): MLflow artifact first, run dir second.
+"""Read a compared run's files (metrics.json, samples.csv, decode_steps.csv, env.json, operators.csv).
 
-The MLflow artifact is what the tracking store holds for that run (it may come from another machine);
-the `run_dir` tag's local directory is the fallback when the artifact was never uploaded (the run
-directory is the source of truth, GUIDE.md). Called only for the runs whose samples are needed, never
-for every selected run.
+MLflow artifact first (through llm_perf_opt.tracking.runs), run dir second. The MLflow artifact is what
+the tracking store holds for that run (it may come from another machine); the `run_dir` tag's local
+directory is the fallback when the artifact was never uploaded (the run directory is the source of
+truth, GUIDE.md). Called only for the baseline (its record) and the runs whose samples are needed,
+never for every selected run.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import ValidationError
 
-
-@contextmanager
-def _quiet_downloads() -> Iterator[None]:
-    """No per-file progress bar (one per file per run would flood the terminal); the user's value wins."""
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    previous = os.environ.get(name)
-    os.environ.setdefault(name, "false")
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
+from llm_perf_opt import record
+from llm_perf_opt.errors import InputError
+from llm_perf_opt.record import RunRecord
+from llm_perf_opt.tracking.runs import ArtifactUnavailable, download_artifact
 
 
 class RunFiles:
-    """Downloads into `cache_dir/<run_id>/`; `missing` maps a file name to {run_id: why it was not found}."""
+    """Downloads into `cache_dir/<run_id>/`; `missing` maps a file name to {run_id: why it was not read}."""
 
     def __init__(self, tracking_uri: str, cache_dir: Path):
         self.tracking_uri = tracking_uri
@@ -40,16 +31,10 @@ class RunFiles:
         self.missing: dict[str, dict[str, str]] = {}
 
     def path(self, run_id: str, name: str, run_dir: str | None = None) -> Path | None:
-        from mlflow.artifacts import download_artifacts
-        from mlflow.exceptions import MlflowException
-
         try:
-            with _quiet_downloads():
-                    local = download_artifacts(run_id=run_id, artifact_path=name, tracking_uri=self.tracking_uri,
-                                           dst_path=str(self.cache_dir / run_id))
-            return Path(local)
-        except (MlflowException, OSError) as exc:
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return download_artifact(self.tracking_uri, run_id, name, self.cache_dir / run_id)
+        except ArtifactUnavailable as exc:
+            reason = str(exc)
         if run_dir and (Path(run_dir) / name).is_file():
             return Path(run_dir) / name
         self.missing.setdefault(name, {})[run_id] = (f"not in its MLflow artifacts ({reason}) nor its run "
@@ -63,3 +48,15 @@ class RunFiles:
     def json(self, run_id: str, name: str, run_dir: str | None = None) -> dict[str, Any] | None:
         path = self.path(run_id, name, run_dir)
         return json.loads(path.read_text()) if path is not None else None
+
+    def record(self, run_id: str, run_dir: str | None = None) -> RunRecord | None:
+        """The run's metrics.json through `record.load`; None (noted in `missing`) when absent or unreadable."""
+        path = self.path(run_id, record.RECORD_FILE, run_dir)
+        if path is None:
+            return None
+        try:
+            return record.load(path)
+        except (InputError, ValidationError, ValueError, OSError) as exc:  # another schema version, malformed
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.missing.setdefault(record.RECORD_FILE, {})[run_id] = f"not a readable run record ({first_line})"
+            return None

@@ -1,9 +1,10 @@
 """One comparison, start to finish: select runs -> summary -> verdicts / operator diff -> sinks.
 
-Cost model: the summary (table, ratios, environment from tags) is one `mlflow.search_runs` query plus
-column-wise pandas, whatever the number of runs. Files (samples.csv, env.json, operators.csv) are read
-only for the baseline and up to `verdicts.max_candidates` candidates: beyond that the per-sample part
-is skipped with a note. The output directory is written completely before the MLflow run mirrors it.
+Cost model: the summary (table, ratios, environment from tags) is one `search_runs` query plus
+column-wise pandas, whatever the number of runs, and the baseline's metrics.json (its stage tree: order,
+nesting and labels of the stages). Files (samples.csv, decode_steps.csv, env.json, operators.csv) are
+read only for the baseline and up to `verdicts.max_candidates` candidates: beyond that the per-sample
+part is skipped with a note. The output directory is written completely before the MLflow run mirrors it.
 """
 
 from __future__ import annotations
@@ -15,14 +16,29 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from llm_perf_opt.compare import plots as comparison_plots
 from llm_perf_opt.compare.artifacts import RunFiles
-from llm_perf_opt.compare.environment import (environment_from_runs, environment_mismatches,
-                                              environment_unknowns, fill_from_env_json)
+from llm_perf_opt.compare.environment import (
+    environment_from_runs,
+    environment_mismatches,
+    environment_unknowns,
+    fill_from_env_json,
+)
 from llm_perf_opt.compare.operator_diff import OPERATOR_DIFF_COLUMNS, operator_diff
 from llm_perf_opt.compare.report import terminal_text, write_markdown
 from llm_perf_opt.compare.selection import COMPARISON_KIND, KIND_TAG, RunSelection, as_list, select_runs
-from llm_perf_opt.compare.summary import DEFAULT_HEADLINE, summary_table
-from llm_perf_opt.compare.verdicts import TOO_FEW, VERDICT_COLUMNS, VERDICTS, VerdictSettings, verdict_table
+from llm_perf_opt.compare.summary import logged_metrics, summary_table
+from llm_perf_opt.compare.verdicts import (
+    SAMPLE_FILES,
+    TOO_FEW,
+    VERDICT_COLUMNS,
+    VERDICTS,
+    VerdictSettings,
+    sampled_metrics,
+    verdict_table,
+)
+from llm_perf_opt.record import RECORD_FILE, RunRecord
+from llm_perf_opt.schema import StageTree
 from llm_perf_opt.sinks.run_directory import RunDirectory
 from llm_perf_opt.tracking.mlflow_tracker import MlflowTracker, flatten, resolve_tracking_uri
 
@@ -50,6 +66,11 @@ class RunSummary:
     baseline_run_id: str
     summary: pd.DataFrame
     environment: pd.DataFrame
+    record: RunRecord | None = None  # the baseline's metrics.json, when it could be read
+
+    @property
+    def tree(self) -> StageTree | None:
+        return self.record.tree() if self.record is not None else None
 
 
 def selection_from_config(cfg: DictConfig) -> RunSelection:
@@ -66,26 +87,50 @@ def settings_from_config(cfg: DictConfig) -> VerdictSettings:
                            seed=int(v.seed), allow_env_mismatch=bool(cfg.allow_env_mismatch))
 
 
+def _run_dirs(runs: pd.DataFrame) -> dict[str, str]:
+    if "tags.run_dir" not in runs:
+        return {}
+    return {str(r): d for r, d in zip(runs["run_id"], runs["tags.run_dir"]) if isinstance(d, str) and d}
+
+
 def summarize_runs(tracking_uri: str, selection: RunSelection, baseline_run_id: str | None,
-                   patterns: list[str] | tuple[str, ...] = DEFAULT_HEADLINE) -> RunSummary:
-    """The fast part: one query, then the table, ratios and environments from tags (no per-run calls)."""
+                   patterns: list[str] | None = None, extra: list[str] | tuple[str, ...] = (),
+                   files: RunFiles | None = None) -> RunSummary:
+    """The fast part: one query, the baseline's record (when `files` is given), then the table, ratios and
+    environments from tags (no per-run calls). patterns None: the default headline set."""
     runs, baseline = select_runs(tracking_uri, selection, baseline_run_id)
-    return RunSummary(runs, baseline, summary_table(runs, baseline, patterns), environment_from_runs(runs))
+    record = files.record(baseline, _run_dirs(runs).get(baseline)) if files is not None else None
+    tree = record.tree() if record is not None else None
+    return RunSummary(runs, baseline, summary_table(runs, baseline, patterns, extra, tree),
+                      environment_from_runs(runs), record)
+
+
+def baseline_metric_names(runs: pd.DataFrame, baseline_run_id: str) -> list[str]:
+    """The metrics the baseline logged (non-empty in the search frame)."""
+    row = runs.loc[runs["run_id"].astype(str) == baseline_run_id].iloc[0]
+    return [name for name in logged_metrics(runs) if pd.notna(row[f"metrics.{name}"])]
 
 
 def _read_run_files(files: RunFiles, runs: pd.DataFrame, run_ids: list[str], environment: pd.DataFrame,
-                    operators_enabled: bool) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
-    run_dirs = runs.set_index("run_id")["tags.run_dir"] if "tags.run_dir" in runs else pd.Series(dtype=object)
-    samples, operators = {}, {}
+                    operators_enabled: bool) -> tuple[dict[str, dict[str, pd.DataFrame]], dict[str, pd.DataFrame]]:
+    """samples[run_id][file] for the SAMPLE_FILES a run has (a run without samples.csv is left out), and
+    operators[run_id]."""
+    run_dirs = _run_dirs(runs)
+    samples: dict[str, dict[str, pd.DataFrame]] = {}
+    operators: dict[str, pd.DataFrame] = {}
     for run_id in run_ids:
         run_dir = run_dirs.get(run_id)
-        run_dir = run_dir if isinstance(run_dir, str) else None
         env = files.json(run_id, "env.json", run_dir)
         if env is not None:
             fill_from_env_json(environment, run_id, env)
-        frame = files.csv(run_id, "samples.csv", run_dir)
-        if frame is not None:
-            samples[run_id] = frame
+        first = files.csv(run_id, SAMPLE_FILES[0], run_dir)
+        if first is not None:  # the other sample files are read only for a run with samples.csv
+            tables = {SAMPLE_FILES[0]: first}
+            for name in SAMPLE_FILES[1:]:
+                frame = files.csv(run_id, name, run_dir)
+                if frame is not None:
+                    tables[name] = frame
+            samples[run_id] = tables
         if operators_enabled:
             ops = files.csv(run_id, "operators.csv", run_dir)
             if ops is not None:
@@ -93,7 +138,9 @@ def _read_run_files(files: RunFiles, runs: pd.DataFrame, run_ids: list[str], env
     return samples, operators
 
 
-_CONSEQUENCE = {"samples.csv": "no per-sample verdicts or distributions for them",
+_CONSEQUENCE = {RECORD_FILE: "sub-stages are listed by name and the stage plot shows prefill and decode only",
+                "samples.csv": "no per-sample verdicts or distributions for them",
+                "decode_steps.csv": "no decode/step_ms verdicts for them",
                 "env.json": "their environment comes from tags only",
                 "operators.csv": "operator diff skipped for them (profile with profiling.operators.enabled=true)"}
 
@@ -102,7 +149,7 @@ def _missing_notes(files: RunFiles) -> list[str]:
     notes = []
     for name, by_run in files.missing.items():
         first_reason = next(iter(by_run.values()))
-        notes.append(f"{name} absent for {len(by_run)} run(s) ({', '.join(r[:8] for r in by_run)}): "
+        notes.append(f"{name} unavailable for {len(by_run)} run(s) ({', '.join(r[:8] for r in by_run)}): "
                      f"{_CONSEQUENCE.get(name, 'skipped')}; e.g. {first_reason}")
     return notes
 
@@ -127,28 +174,16 @@ def run_comparison(cfg: DictConfig, out_dir: Path) -> CompareOutcome:
     uri = resolve_tracking_uri(cfg.tracking.uri, Path.cwd())
     selection = selection_from_config(cfg)
     settings = settings_from_config(cfg)
-    patterns = [*(cfg.summary.metrics or DEFAULT_HEADLINE), *(cfg.summary.get("extra_metrics") or [])]
-    result = summarize_runs(uri, selection, cfg.get("baseline"), [str(p) for p in patterns])
-    runs, baseline, summary, environment = result.runs, result.baseline_run_id, result.summary, result.environment
-    candidates = [r for r in summary.index if r != baseline]
-    notes: list[str] = []
+    patterns = [str(p) for p in cfg.summary.metrics] if cfg.summary.metrics else None
+    extra = [str(p) for p in cfg.summary.get("extra_metrics") or []]
+    with tempfile.TemporaryDirectory(prefix="llm-perf-opt-compare-") as cache:
+        files = RunFiles(uri, Path(cache))
+        return _compare(cfg, out_dir, uri, selection, settings, patterns, extra, files)
 
-    samples: dict[str, pd.DataFrame] = {}
-    operators: dict[str, pd.DataFrame] = {}
-    detailed = bool(cfg.verdicts.enabled) and len(candidates) <= int(cfg.verdicts.max_candidates)
-    if not bool(cfg.verdicts.enabled):
-        notes.append("verdicts.enabled=false: summary only (no per-sample verdicts, operator diff or distributions)")
-    elif not detailed:
-        notes.append(f"{len(candidates)} candidates > verdicts.max_candidates={cfg.verdicts.max_candidates}: "
-                     "per-sample verdicts, operator diff and distributions skipped (narrow select.* or raise it)")
-    if detailed:
-        with tempfile.TemporaryDirectory(prefix="llm-perf-opt-compare-") as cache:
-            files = RunFiles(uri, Path(cache))
-            samples, operators = _read_run_files(files, runs, [baseline, *candidates], environment,
-                                                 bool(cfg.operators.enabled))
-            notes += _missing_notes(files)
 
-    mismatches = environment_mismatches(environment, baseline)
+def _environment_notes(environment: pd.DataFrame, baseline: str, mismatches: dict[str, list[str]],
+                       settings: VerdictSettings, detailed: bool) -> list[str]:
+    notes = []
     one_sided: dict[str, list[str]] = {}
     for run_id, fields in environment_unknowns(environment, baseline).items():
         for name in fields:
@@ -159,68 +194,63 @@ def run_comparison(cfg: DictConfig, out_dir: Path) -> CompareOutcome:
     if mismatches and not settings.allow_env_mismatch and detailed:
         notes.append(f"{len(mismatches)} run(s) differ from the baseline's environment: their verdicts read "
                      "'environment mismatch' (allow_env_mismatch=true compares them anyway)")
+    return notes
 
-    verdicts = pd.DataFrame(columns=VERDICT_COLUMNS)
-    if detailed and baseline in samples:
-        verdicts = verdict_table(samples, baseline, candidates, mismatches, settings)
-        for run_id in verdicts.loc[verdicts["verdict"] == TOO_FEW, "run_id"].unique():
-            notes.append(f"run {run_id[:8]}: too few samples for some metrics at alpha={settings.alpha} "
-                         "(see the verdict notes)")
-    elif detailed:
-        notes.append(f"baseline {baseline[:8]} has no samples.csv: no per-sample verdicts")
 
+def _operator_diffs(cfg: DictConfig, operators: dict[str, pd.DataFrame], baseline: str, candidates: list[str],
+                    tree: StageTree | None, notes: list[str]) -> pd.DataFrame:
     diffs = [pd.DataFrame(columns=OPERATOR_DIFF_COLUMNS)]
     if baseline in operators:
-        for run_id in candidates:
-            if run_id in operators:
-                diff, note = operator_diff(operators[baseline], operators[run_id], run_id,
-                                           int(cfg.operators.top_n), str(cfg.operators.time_column))
-                diffs.append(diff)
-                if note:
-                    notes.append(note)
-    op_diff = pd.concat([d for d in diffs if not d.empty] or diffs, ignore_index=True)
+        for run_id in (r for r in candidates if r in operators):
+            diff, note = operator_diff(operators[baseline], operators[run_id], run_id, int(cfg.operators.top_n),
+                                       str(cfg.operators.time_column), tree)
+            diffs.append(diff)
+            if note:
+                notes.append(note)
+    return pd.concat([d for d in diffs if not d.empty] or diffs, ignore_index=True)
 
-    out = RunDirectory(out_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    out.write_text("config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    env_columns = environment.add_prefix("env.").reindex(summary.index)
+
+def _plots(cfg: DictConfig, out: RunDirectory, summary: pd.DataFrame, samples: dict[str, dict[str, pd.DataFrame]],
+           tree: StageTree | None, notes: list[str]) -> list[Path]:
+    if not bool(cfg.plots.enabled):
+        return []
+    plot_dir = out.file("plots")
+    plot_dir.mkdir(exist_ok=True)
+    shown = pd.concat([summary[summary["baseline"]], summary[~summary["baseline"]]]).head(int(cfg.plots.max_runs))
+    if len(shown) < len(summary):
+        notes.append(f"plots show {len(shown)} of {len(summary)} runs (plots.max_runs)")
+    made = (comparison_plots.plot_stage_times(shown, plot_dir / "stage_times.png", tree),
+            comparison_plots.plot_efficiency(shown, plot_dir / "efficiency.png", tree),
+            comparison_plots.plot_distributions(samples, shown, plot_dir / "latency_distributions.png", tree))
+    return [path for path in made if path is not None]
+
+
+def _write_tables(out: RunDirectory, cfg: DictConfig, uri: str, selection: RunSelection, result: RunSummary,
+                  mismatches: dict[str, list[str]], verdicts: pd.DataFrame, op_diff: pd.DataFrame) -> pd.DataFrame:
+    """config.yaml, comparison.csv (summary + environment), verdicts.csv, operator_diff.csv, compared_runs.json."""
+    summary, runs = result.summary, result.runs
+    out.write_text("config.yaml", OmegaConf.to_yaml(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))))
+    env_columns = result.environment.add_prefix("env.").reindex(summary.index)
     env_columns["env.mismatch"] = [" ; ".join(mismatches.get(r, [])) for r in summary.index]
     summary_out = pd.concat([summary, env_columns], axis=1)
     out.write_csv("comparison.csv", summary_out)
     out.write_csv("verdicts.csv", verdicts)
     out.write_csv("operator_diff.csv", op_diff)
-    run_ids = list(summary.index)
     columns = ["run_id", "experiment_id", "status", "start_time", "artifact_uri", "tags.mlflow.runName", "tags.run_dir"]
     listed = runs[[c for c in columns if c in runs.columns]].astype(str)
     out.write_json("compared_runs.json", {
-        "baseline_run_id": baseline,
-        "run_ids": run_ids,
+        "baseline_run_id": result.baseline_run_id,
+        "run_ids": list(summary.index),
         "tracking_uri": uri,
         "selection": selection.describe(),
         "runs": listed.rename(columns=lambda c: c.removeprefix("tags.")).to_dict(orient="records"),
     })
-    plots: list[Path] = []
-    if bool(cfg.plots.enabled):
-        from llm_perf_opt.compare import plots as plotting
+    return summary_out
 
-        plot_dir = out.file("plots")
-        plot_dir.mkdir(exist_ok=True)
-        shown = pd.concat([summary[summary["baseline"]], summary[~summary["baseline"]]]).head(int(cfg.plots.max_runs))
-        if len(shown) < len(summary):
-            notes.append(f"plots show {len(shown)} of {len(summary)} runs (plots.max_runs)")
-        for made in (plotting.plot_stage_times(shown, plot_dir / "stage_times.png"),
-                     plotting.plot_efficiency(shown, plot_dir / "efficiency.png"),
-                     plotting.plot_distributions(samples, shown, plot_dir / "latency_distributions.png")):
-            if made is not None:
-                plots.append(made)
-    settings_line = (f"alpha={settings.alpha}, min_effect={settings.min_effect:.1%}, "
-                     f"allow_env_mismatch={settings.allow_env_mismatch}")
-    write_markdown(out.file("comparison.md"), summary, environment, mismatches, verdicts, op_diff, plots, notes,
-                   {"tracking_uri": uri, "selection": selection.describe(), "settings_line": settings_line},
-                   int(cfg.report.markdown_runs))
-    text = terminal_text(summary, verdicts, mismatches, notes, settings_line, int(cfg.report.terminal_runs))
-    out.write_text("comparison.txt", text + "\n")
 
+def _track(cfg: DictConfig, uri: str, out: RunDirectory, baseline: str, run_ids: list[str],
+           mismatches: dict[str, list[str]], verdicts: pd.DataFrame) -> MlflowTracker:
+    """The comparison's own MLflow run: tags linking the compared runs, verdict counts, every output file."""
     ids_tag, truncated = _truncated_ids(run_ids)
     tracker = MlflowTracker(uri, cfg.tracking.experiment, bool(cfg.tracking.enabled))
     tracker.start(cfg.tracking.run_name or f"compare-{len(run_ids)}-runs-vs-{baseline[:8]}", {
@@ -230,7 +260,7 @@ def run_comparison(cfg: DictConfig, out_dir: Path) -> CompareOutcome:
         "compare.run_ids_truncated": str(truncated).lower(),
         "compare.run_count": len(run_ids),
     })
-    tracker.log_params(flatten(resolved))
+    tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
     counted = {"compare/runs": float(len(run_ids)), "compare/env_mismatched_runs": float(len(mismatches))}
     if not verdicts.empty:  # counts only when verdicts were computed: a skipped test is not "0 regressed"
         counts = verdicts["verdict"].value_counts()
@@ -242,5 +272,52 @@ def run_comparison(cfg: DictConfig, out_dir: Path) -> CompareOutcome:
     tracker.finish("FINISHED")
     if tracker.errors and not out.file("tracking_error.txt").exists():
         out.write_text("tracking_error.txt", "\n".join(tracker.errors) + "\n")
+    return tracker
+
+
+def _compare(cfg: DictConfig, out_dir: Path, uri: str, selection: RunSelection, settings: VerdictSettings,
+             patterns: list[str] | None, extra: list[str], files: RunFiles) -> CompareOutcome:
+    result = summarize_runs(uri, selection, cfg.get("baseline"), patterns, extra, files)
+    runs, baseline, summary, tree = result.runs, result.baseline_run_id, result.summary, result.tree
+    candidates = [r for r in summary.index if r != baseline]
+    notes: list[str] = []
+    samples: dict[str, dict[str, pd.DataFrame]] = {}
+    operators: dict[str, pd.DataFrame] = {}
+    detailed = bool(cfg.verdicts.enabled) and len(candidates) <= int(cfg.verdicts.max_candidates)
+    if not bool(cfg.verdicts.enabled):
+        notes.append("verdicts.enabled=false: summary only (no per-sample verdicts, operator diff or distributions)")
+    elif not detailed:
+        notes.append(f"{len(candidates)} candidates > verdicts.max_candidates={cfg.verdicts.max_candidates}: "
+                     "per-sample verdicts, operator diff and distributions skipped (narrow select.* or raise it)")
+    if detailed:
+        samples, operators = _read_run_files(files, runs, [baseline, *candidates], result.environment,
+                                             bool(cfg.operators.enabled))
+    notes += _missing_notes(files)
+    mismatches = environment_mismatches(result.environment, baseline)
+    notes += _environment_notes(result.environment, baseline, mismatches, settings, detailed)
+
+    verdicts = pd.DataFrame(columns=VERDICT_COLUMNS)
+    if detailed and baseline in samples:
+        verdicts = verdict_table(samples, baseline, candidates, mismatches, settings,
+                                 sampled_metrics(baseline_metric_names(runs, baseline), tree))
+        for run_id in verdicts.loc[verdicts["verdict"] == TOO_FEW, "run_id"].unique():
+            notes.append(f"run {run_id[:8]}: too few samples for some metrics at alpha={settings.alpha} "
+                         "(see the verdict notes)")
+    elif detailed:
+        notes.append(f"baseline {baseline[:8]} has no samples.csv: no per-sample verdicts")
+    op_diff = _operator_diffs(cfg, operators, baseline, candidates, tree, notes)
+
+    out = RunDirectory(out_dir)
+    summary_out = _write_tables(out, cfg, uri, selection, result, mismatches, verdicts, op_diff)
+    plots = _plots(cfg, out, summary, samples, tree, notes)
+    settings_line = (f"alpha={settings.alpha}, min_effect={settings.min_effect:.1%}, "
+                     f"allow_env_mismatch={settings.allow_env_mismatch}")
+    write_markdown(out.file("comparison.md"), summary, result.environment, mismatches, verdicts, op_diff, plots,
+                   notes, {"tracking_uri": uri, "selection": selection.describe(), "settings_line": settings_line},
+                   int(cfg.report.markdown_runs), tree)
+    text = terminal_text(summary, verdicts, mismatches, notes, settings_line, int(cfg.report.terminal_runs))
+    out.write_text("comparison.txt", text + "\n")
+    run_ids = list(summary.index)
+    tracker = _track(cfg, uri, out, baseline, run_ids, mismatches, verdicts)
     return CompareOutcome(out.path, baseline, run_ids, summary_out, verdicts, op_diff, mismatches, notes, text,
                           tracker.run_id, list(tracker.errors))

@@ -1,28 +1,49 @@
-"""Which way is better for a metric, decided from its name's unit suffix (one rule for every table).
+"""Which way is better for a metric, decided from its schema quantity (one rule for every table).
 
-lower is better: times (`*_ms`, `*_ms_p50`, ...), memory (`*_mib*`), energy (`*j_per_token`, `*_j`);
-higher is better: rates (`*_per_s*`), utilisation (`*_mfu`, `*_mbu`). Anything else has no direction:
-it is shown, but never judged improved or regressed.
+A metric name is parsed with `schema.parse_metric_key` ("decode/tpot_ms_p50" -> quantity "tpot_ms");
+the quantity's unit decides:
+
+- a rate per second (`tokens_per_s`): higher is better;
+- otherwise the unit is the quantity's last word, ignoring an `_achievable` qualifier and a
+  `_per_<thing>` denominator (`energy_j_per_token` -> `j`): lower is better for time (`ms`), memory
+  (`mib`) and energy (`j`); higher for utilisation and achieved rates (`mfu`, `mbu`, `tflops`, `gbps`).
+
+Anything else (FLOPs, bytes, shares, ratios, clocks, power) has no direction: it is shown, but never
+judged improved or regressed.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Literal
+
+from llm_perf_opt.schema import parse_metric_key
 
 Direction = Literal["lower", "higher"]
 
-# Statistic suffixes the profiler appends to a quantity (summary_stats.STATS, plus `count`).
-_STAT_SUFFIX = re.compile(r"_(mean|std|min|max|p50|p90|p99|count)$")
-_LOWER = re.compile(r"(?:^|[_/])(?:ms|mib|j)$|j_per_token$")
-_HIGHER = re.compile(r"(?:^|[_/])(?:per_s|mfu|mbu)$")
+LOWER_UNITS = frozenset({"ms", "mib", "j"})
+HIGHER_UNITS = frozenset({"mfu", "mbu", "tflops", "gbps"})
+_QUALIFIERS = ("_achievable",)
+
+
+def quantity_direction(quantity: str) -> Direction | None:
+    """'lower' / 'higher' / None for a schema quantity ("ms", "tpot_ms", "tokens_per_s", "mfu", ...)."""
+    numerator, per, denominator = quantity.partition("_per_")
+    if per and denominator == "s":
+        return "higher"
+    for qualifier in _QUALIFIERS:
+        numerator = numerator.removesuffix(qualifier)
+    unit = numerator.rsplit("_", 1)[-1]
+    if unit in HIGHER_UNITS:
+        return "higher"
+    if unit in LOWER_UNITS:
+        return "lower"
+    return None
 
 
 def metric_direction(name: str) -> Direction | None:
-    """'lower' / 'higher' / None for an MLflow metric name or a samples.csv column."""
-    quantity = _STAT_SUFFIX.sub("", name)
-    if _HIGHER.search(quantity):
-        return "higher"
-    if _LOWER.search(quantity):
-        return "lower"
-    return None
+    """The direction of an MLflow metric name (`<stage>/<quantity>[_<stat>]`); None for other names."""
+    try:
+        _, quantity, _ = parse_metric_key(name)
+    except ValueError:
+        return None
+    return quantity_direction(quantity)

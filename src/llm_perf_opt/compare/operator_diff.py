@@ -1,16 +1,20 @@
 """Per stage, the operators whose time changed most between the baseline and a candidate.
 
-Input: each run's operators.csv (columns stage, name, calls, self_cpu_ms, total_cpu_ms, self_device_ms,
-total_device_ms, total_time_ms, mean_time_ms; written by the profiled pass). The compared time is a
-self time, so a parent and its children are not counted twice: `auto` picks self_device_ms when both
-runs measured device time (a GPU run), else self_cpu_ms. delta_ms = candidate - baseline; an operator
-one run did not call has 0 ms there (it did not run), marked `new` / `gone`. Rows are ranked by
-|delta_ms| within each stage; the top N per stage are kept.
+Input: each run's operators.csv (columns stage (a stage key of the schema), name, calls, self_cpu_ms,
+total_cpu_ms, self_device_ms, total_device_ms, total_time_ms, mean_time_ms; written by the profiled
+pass). The compared time is a self time, so a parent and its children are not counted twice: `auto`
+picks self_device_ms when both runs measured device time (a GPU run), else self_cpu_ms. delta_ms =
+candidate - baseline; an operator one run did not call has 0 ms there (it did not run), marked `new` /
+`gone`. Rows are ranked by |delta_ms| within each stage; the top N per stage are kept. Stages come in
+the baseline's stage order (the run record's tree; compare/stages.py), not alphabetically.
 """
 
 from __future__ import annotations
 
 import pandas as pd
+
+from llm_perf_opt.compare.stages import stage_order
+from llm_perf_opt.schema import StageTree
 
 OPERATOR_DIFF_COLUMNS = ["run_id", "stage", "name", "time_column", "baseline_ms", "candidate_ms", "delta_ms",
                          "ratio", "baseline_calls", "candidate_calls", "presence"]
@@ -38,7 +42,7 @@ def _per_operator(frame: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def operator_diff(baseline: pd.DataFrame, candidate: pd.DataFrame, run_id: str, top_n: int = 10,
-                  time_column: str = "auto") -> tuple[pd.DataFrame, str | None]:
+                  time_column: str = "auto", tree: StageTree | None = None) -> tuple[pd.DataFrame, str | None]:
     """(rows ranked per stage, note). The note explains an empty result."""
     column = pick_time_column(baseline, candidate, time_column)
     if column is None:
@@ -61,7 +65,9 @@ def operator_diff(baseline: pd.DataFrame, candidate: pd.DataFrame, run_id: str, 
         "candidate_calls": joined["calls_cand"],
         "presence": presence,
     }).reset_index()
+    rank = {stage: i for i, stage in enumerate(stage_order(diff["stage"].astype(str).unique(), tree))}
     diff["abs_delta"] = diff["delta_ms"].abs()
-    diff = diff.sort_values(["stage", "abs_delta"], ascending=[True, False], kind="stable")
-    diff = diff.groupby("stage", sort=False).head(top_n).drop(columns="abs_delta")
+    diff["stage_rank"] = diff["stage"].astype(str).map(rank)
+    diff = diff.sort_values(["stage_rank", "abs_delta"], ascending=[True, False], kind="stable")
+    diff = diff.groupby("stage", sort=False).head(top_n).drop(columns=["abs_delta", "stage_rank"])
     return diff[OPERATOR_DIFF_COLUMNS].reset_index(drop=True), None

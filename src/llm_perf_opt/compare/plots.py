@@ -1,35 +1,34 @@
-"""Comparison plots (matplotlib, Agg backend: no display needed).
+"""Comparison plots, drawn with the project's one plotting style (llm_perf_opt.reports.plotting).
 
-- stage_times.png: per run, a stacked bar of p50 stage times. Vision runs inside prefill, so the stack is
-  vision sub-stages + "prefill (other)" + decode, where prefill (other) = prefill p50 - sum of the
-  vision sub-stage p50s (clipped at 0: p50s are not additive, so this is an approximation of the
-  remainder). The bar's prefill part therefore equals the prefill p50; vision is never counted twice.
-- efficiency.png: MFU and MBU per stage and run (only when runs logged `efficiency/<stage>_mfu|_mbu`).
-- latency_distributions.png: box plots per run of the per-sample times from samples.csv.
+Stages, their nesting, labels and colours come from the baseline's stage tree (its metrics.json,
+compare/stages.py); metric names are made with the schema (`metric_key`, `column`).
+
+- stage_times.png: per run, a stacked bar of p50 stage times. Sub-stages run inside prefill, so the
+  stack is prefill's sub-stages + "prefill (other)" + decode. A group (a stage with children) is drawn as
+  its children, at any depth, never as itself and its children; a group whose children were not logged
+  is drawn as itself. prefill (other) = prefill p50 - the sum of the drawn sub-stage p50s (clipped at 0:
+  p50s are not additive, so this is an approximation of the remainder). The bar's prefill part
+  therefore equals the prefill p50; no sub-stage is counted twice.
+- efficiency.png: MFU and MBU per run, one bar per stage (only when runs logged `<stage>/mfu|mbu`).
+- latency_distributions.png: box plots per run of the per-sample times from samples.csv: prefill, its
+  direct sub-stages and groups, decode, decode TPOT, e2e.
 A metric a run lacks is left out of its bar (no zero-height stand-in).
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from llm_perf_opt.compare.stages import fixed_tree, label, metric_stage, stage_order
+from llm_perf_opt.compare.summary import metric_columns
+from llm_perf_opt.reports.plotting import STYLE, new_figure, save_figure, stage_color, style_axes
+from llm_perf_opt.schema import DECODE, E2E, PREFILL, StageTree, column, metric_key
 
-# ttft_ms equals prefill_ms (the first token comes out of prefill), so it is not drawn twice.
-DISTRIBUTION_COLUMNS = ("prefill_ms", "vision_ms", "decode_ms", "tpot_ms", "e2e_ms")
-_VISION_SUB = re.compile(r"vision/(.+)_ms_p50")
-_PIPELINE_ORDER = ("sam", "encoder", "projector")  # DeepSeek-OCR-2's vision pipeline; other names follow
-
-
-def _pipeline_rank(column: str) -> tuple[int, str]:
-    name = _VISION_SUB.fullmatch(column).group(1)
-    return (_PIPELINE_ORDER.index(name) if name in _PIPELINE_ORDER else len(_PIPELINE_ORDER), name)
+PREFILL_OTHER = "prefill (other)"
 
 
 def run_labels(summary: pd.DataFrame) -> list[str]:
@@ -41,85 +40,109 @@ def run_labels(summary: pd.DataFrame) -> list[str]:
     return labels
 
 
-def stage_stack(summary: pd.DataFrame) -> pd.DataFrame:
-    """Segments (columns) per run (rows), in ms: vision sub-stages, prefill (other), decode."""
+def _axes_list(axes) -> list:
+    return list(axes.flat) if hasattr(axes, "flat") else [axes]
+
+
+def _p50(stage: str) -> str:
+    return metric_key(stage, "ms", "p50")
+
+
+def stacked_stages(tree: StageTree, logged: set[str]) -> list[str]:
+    """The stages drawn inside prefill, in tree order: each child of prefill, a group replaced by its
+    drawn descendants (recursively), a stage kept only when its p50 was logged (`logged`)."""
+
+    def drawn(key: str) -> list[str]:
+        below = [segment for child in tree.children(key) for segment in drawn(child.key)]
+        return below or ([key] if key in logged else [])
+
+    return [segment for child in tree.children(PREFILL) for segment in drawn(child.key)]
+
+
+def stage_stack(summary: pd.DataFrame, tree: StageTree | None = None) -> pd.DataFrame:
+    """Segments (columns: stage keys, 'prefill (other)', 'decode') per run (rows), in ms."""
+    tree = tree or fixed_tree()
+    logged = {key for key in tree.keys() if _p50(key) in summary.columns}
     segments = pd.DataFrame(index=summary.index)
-    vision_subs = sorted((c for c in summary.columns if _VISION_SUB.fullmatch(str(c))), key=_pipeline_rank)
-    if not vision_subs and "vision/ms_p50" in summary.columns:
-        vision_subs = ["vision/ms_p50"]
-    for column in vision_subs:
-        match = _VISION_SUB.fullmatch(column)
-        segments[f"vision/{match.group(1)}" if match else "vision"] = summary[column]
-    if "prefill/ms_p50" in summary.columns:
-        vision_total = segments.sum(axis=1, min_count=1).fillna(0.0) if vision_subs else 0.0
-        segments["prefill (other)"] = (summary["prefill/ms_p50"] - vision_total).clip(lower=0.0)
-    if "decode/ms_p50" in summary.columns:
-        segments["decode"] = summary["decode/ms_p50"]
+    for key in stacked_stages(tree, logged):
+        segments[key] = summary[_p50(key)]
+    if _p50(PREFILL) in summary.columns:
+        inside = segments.sum(axis=1, min_count=1).fillna(0.0) if len(segments.columns) else 0.0
+        segments[PREFILL_OTHER] = (summary[_p50(PREFILL)] - inside).clip(lower=0.0)
+    if _p50(DECODE) in summary.columns:
+        segments[DECODE] = summary[_p50(DECODE)]
     return segments
 
 
-def plot_stage_times(summary: pd.DataFrame, path: Path) -> Path | None:
-    segments = stage_stack(summary)
+def _color(tree: StageTree, key: str) -> str:
+    keys = tree.keys()
+    key = PREFILL if key == PREFILL_OTHER else key
+    return stage_color(keys.index(key) if key in keys else len(keys))
+
+
+def plot_stage_times(summary: pd.DataFrame, path: Path, tree: StageTree | None = None) -> Path | None:
+    tree = tree or fixed_tree()
+    segments = stage_stack(summary, tree)
     if segments.empty or segments.isna().all().all():
         return None
     labels = run_labels(summary)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(labels) + 3), 4.5))
+    fig, ax = new_figure(width=max(6.0, 0.6 * len(labels) + 3), height=4.5)
     bottom = np.zeros(len(segments))
     x = np.arange(len(segments))
-    for column in segments.columns:
-        heights = segments[column].to_numpy(float)
-        ax.bar(x, heights, bottom=bottom, label=column)
+    for key in segments.columns:
+        heights = segments[key].to_numpy(float)
+        ax.bar(x, heights, bottom=bottom, color=_color(tree, key),
+               label=key if key in (PREFILL_OTHER, DECODE) else label(key, tree))
         bottom = bottom + np.nan_to_num(heights)
-    ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("p50 time per sample (ms)")
-    ax.set_title("Stage times (vision nested in prefill)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    ax.set_xticks(x, labels, rotation=45, ha="right")
+    style_axes(ax, title="Stage times (sub-stages nested in prefill)", ylabel="p50 time per sample (ms)")
+    ax.legend(fontsize=STYLE["legend_size"])
+    return save_figure(fig, path)
 
 
-def plot_efficiency(summary: pd.DataFrame, path: Path) -> Path | None:
-    kinds = {kind: [c for c in summary.columns if re.fullmatch(rf"efficiency/(.+)_{kind}", str(c))]
-             for kind in ("mfu", "mbu")}
-    kinds = {k: v for k, v in kinds.items() if v and summary[v].notna().any().any()}
+def plot_efficiency(summary: pd.DataFrame, path: Path, tree: StageTree | None = None) -> Path | None:
+    tree = tree or fixed_tree()
+    stages = stage_order({metric_stage(name) for name in metric_columns(summary)} - {None}, tree)
+    kinds = {kind: [s for s in stages if metric_key(s, kind) in summary.columns
+                    and summary[metric_key(s, kind)].notna().any()] for kind in ("mfu", "mbu")}
+    kinds = {kind: found for kind, found in kinds.items() if found}
     if not kinds:
         return None
     labels = run_labels(summary)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.5), squeeze=False)
-    for ax, (kind, columns) in zip(axes[0], kinds.items()):
-        stages = [c[len("efficiency/"):-len(kind) - 1] for c in columns]
-        width = 0.8 / len(labels)
-        for i, (label, (_, row)) in enumerate(zip(labels, summary.iterrows())):
-            ax.bar(np.arange(len(stages)) + i * width, row[columns].to_numpy(float), width, label=label)
-        ax.set_xticks(np.arange(len(stages)) + 0.4 - width / 2, stages)
-        ax.set_ylabel(f"{kind.upper()} (fraction of peak)")
-        ax.set_title(kind.upper())
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig, axes = new_figure(width=6.0 * len(kinds), height=4.5, cols=len(kinds))
+    x = np.arange(len(labels))
+    for ax, (kind, kind_stages) in zip(_axes_list(axes), kinds.items()):
+        width = 0.8 / len(kind_stages)
+        for i, stage in enumerate(kind_stages):
+            ax.bar(x + i * width, summary[metric_key(stage, kind)].to_numpy(float), width,
+                   color=_color(tree, stage), label=label(stage, tree))
+        ax.set_xticks(x + 0.4 - width / 2, labels, rotation=45, ha="right")
+        style_axes(ax, title=kind.upper(), ylabel=f"{kind.upper()} (fraction of peak)")
+        ax.legend(fontsize=STYLE["legend_size"])
+    return save_figure(fig, path)
 
 
-def plot_distributions(samples: dict[str, pd.DataFrame], summary: pd.DataFrame, path: Path) -> Path | None:
-    run_ids = [r for r in summary.index if r in samples]
-    columns = [c for c in DISTRIBUTION_COLUMNS if any(c in samples[r].columns for r in run_ids)]
-    if not run_ids or not columns:
+def distribution_columns(tree: StageTree | None = None) -> list[str]:
+    """samples.csv columns drawn: prefill, its direct children, decode, decode TPOT, e2e."""
+    tree = tree or fixed_tree()
+    stages = [PREFILL, *(child.key for child in tree.children(PREFILL)), DECODE]
+    return [column(stage, "ms") for stage in stages] + [column(DECODE, "tpot_ms"), column(E2E, "ms")]
+
+
+def plot_distributions(samples: Mapping[str, Mapping[str, pd.DataFrame]], summary: pd.DataFrame, path: Path,
+                       tree: StageTree | None = None) -> Path | None:
+    tables = {r: samples[r]["samples.csv"] for r in summary.index if r in samples and "samples.csv" in samples[r]}
+    columns = [c for c in distribution_columns(tree) if any(c in frame.columns for frame in tables.values())]
+    if not tables or not columns:
         return None
     labels = dict(zip(summary.index, run_labels(summary)))
-    fig, axes = plt.subplots(1, len(columns), figsize=(max(4.0, 1.2 * len(run_ids) + 1.5) * len(columns) / 2 + 2, 4.5),
-                             squeeze=False)
-    for ax, column in zip(axes[0], columns):
-        present = [r for r in run_ids if column in samples[r].columns]
-        data = [pd.to_numeric(samples[r][column], errors="coerce").dropna().to_numpy(float) for r in present]
+    fig, axes = new_figure(width=max(4.0, 1.2 * len(tables) + 1.5) * len(columns) / 2 + 2, height=4.5,
+                           cols=len(columns))
+    for ax, name in zip(_axes_list(axes), columns):
+        present = [r for r, frame in tables.items() if name in frame.columns]
+        data = [pd.to_numeric(tables[r][name], errors="coerce").dropna().to_numpy(float) for r in present]
         ax.boxplot(data, tick_labels=[labels[r] for r in present])
-        ax.set_title(column)
-        ax.set_ylabel("ms")
-        ax.tick_params(axis="x", rotation=45, labelsize=7)
-    fig.suptitle("Per-sample latency distributions (samples.csv)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        style_axes(ax, title=name, ylabel="ms")
+        ax.tick_params(axis="x", rotation=45)
+    fig.suptitle("Per-sample latency distributions (samples.csv)", fontsize=STYLE["title_size"])
+    return save_figure(fig, path)

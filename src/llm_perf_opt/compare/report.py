@@ -1,4 +1,4 @@
-"""Render a comparison: the compact terminal text and comparison.md (mdutils).
+"""Render a comparison: the compact terminal text and comparison.md (llm_perf_opt.reports.markdown).
 
 Cells read `value (xratio)`: the run's metric and its ratio to the baseline. `n/a` marks a metric the run
 did not log (NaN in comparison.csv), never a zero. Wide selections are cut to the first N runs here
@@ -11,11 +11,14 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from mdutils.mdutils import MdUtils
 
 from llm_perf_opt.compare.directions import metric_direction
+from llm_perf_opt.compare.stages import label
 from llm_perf_opt.compare.summary import RATIO_PREFIX, metric_columns
 from llm_perf_opt.compare.verdicts import NO_CHANGE
+from llm_perf_opt.reports import markdown
+from llm_perf_opt.reports.markdown import bullets, header, new_document, table
+from llm_perf_opt.schema import StageTree
 
 _ARROW = {"lower": "lower is better", "higher": "higher is better", None: ""}
 
@@ -89,19 +92,10 @@ def _known(value: object) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
-def _escape(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(md: MdUtils, header: list[str], rows: list[list[object]]) -> None:
-    cells = [_escape(c) for c in header] + [_escape(c) for row in rows for c in row]
-    md.new_table(columns=len(header), rows=len(rows) + 1, text=cells, text_align="left")
-
-
 def write_markdown(path: Path, summary: pd.DataFrame, environment: pd.DataFrame, mismatches: dict[str, list[str]],
                    verdicts: pd.DataFrame, operators: pd.DataFrame, plots: list[Path], notes: list[str],
-                   context: dict, max_runs: int) -> Path:
-    md = MdUtils(file_name=str(path.with_suffix("")), title="Run comparison")
+                   context: dict, max_runs: int, tree: StageTree | None = None) -> Path:
+    md = new_document("Run comparison")
     baseline = summary.index[summary["baseline"]][0]
     md.new_paragraph(f"Baseline **{baseline}**; {len(summary)} profile runs compared. "
                      f"Tracking store: `{context.get('tracking_uri')}`. Selection: `{context.get('selection')}`. "
@@ -110,49 +104,47 @@ def write_markdown(path: Path, summary: pd.DataFrame, environment: pd.DataFrame,
     if len(shown) < len(summary):
         md.new_paragraph(f"Tables show {len(shown)} of {len(summary)} runs; comparison.csv holds all of them.")
 
-    md.new_header(level=2, title="Runs and environments", add_table_of_contents="n")
+    header(md, "Runs and environments")
     env_columns = list(environment.columns)
-    _table(md, ["run", "name", "started", *env_columns, "environment vs baseline"], [
-        [("[B] " if row["baseline"] else "") + str(run_id), row.get("run_name", ""), row.get("start_time", ""),
+    table(md, ["run", "name", "started", *env_columns, "environment vs baseline"], [
+        [("[B] " if row["baseline"] else "") + str(run_id), _known(row.get("run_name")), _known(row.get("start_time")),
          *[_known(environment.at[run_id, c]) if run_id in environment.index else "n/a" for c in env_columns],
          "; ".join(mismatches.get(run_id, [])) or ("baseline" if row["baseline"] else "same")]
         for run_id, row in shown.iterrows()])
 
-    md.new_header(level=2, title="Headline metrics (value and ratio to the baseline)", add_table_of_contents="n")
+    header(md, "Headline metrics (value and ratio to the baseline)")
     matrix = metric_matrix(summary, max_runs)
-    _table(md, ["metric", "better", *matrix.columns],
-           [[metric, _ARROW[metric_direction(metric)], *matrix.loc[metric]] for metric in matrix.index])
+    table(md, ["metric", "better", *matrix.columns],
+          [[metric, _ARROW[metric_direction(metric)], *matrix.loc[metric]] for metric in matrix.index])
 
-    md.new_header(level=2, title="Verdicts (per-sample tests)", add_table_of_contents="n")
+    header(md, "Verdicts (per-sample tests)")
     if verdicts.empty:
         md.new_paragraph("No per-sample verdicts (see the notes).")
     for run_id, group in verdicts.groupby("run_id", sort=False):
         changed = (group["verdict"] != NO_CHANGE).sum()
-        md.new_header(level=3, title=f"{run_id} vs baseline ({changed} of {len(group)} metrics not 'no change')",
-                      add_table_of_contents="n")
-        _table(md, ["metric", "n (base/cand)", "baseline median", "candidate median", "median ratio [CI]", "p",
-                    "verdict", "note"], [
-            [r.metric, f"{r.n_baseline}/{r.n_candidate}", fmt_value(r.baseline_median), fmt_value(r.candidate_median),
+        header(md, f"{run_id} vs baseline ({changed} of {len(group)} metrics not 'no change')", level=3)
+        table(md, ["metric", "samples", "n (base/cand)", "baseline median", "candidate median", "median ratio [CI]",
+                   "p", "verdict", "note"], [
+            [r.metric, f"{r.source} {r.column}", f"{r.n_baseline}/{r.n_candidate}", fmt_value(r.baseline_median),
+             fmt_value(r.candidate_median),
              f"{fmt_ratio(r.median_ratio)} [{fmt_value(r.ci_low)}, {fmt_value(r.ci_high)}]", f"{r.p_value:.3g}",
              f"**{r.verdict}**", r.note] for r in group.itertuples()])
 
-    md.new_header(level=2, title="Operator diff (largest time changes per stage)", add_table_of_contents="n")
+    header(md, "Operator diff (largest time changes per stage)")
     if operators.empty:
         md.new_paragraph("No operator diff (see the notes).")
     for (run_id, stage), group in operators.groupby(["run_id", "stage"], sort=False):
-        md.new_header(level=3, title=f"{short_id(run_id)}: {stage} ({group['time_column'].iloc[0]})",
-                      add_table_of_contents="n")
-        _table(md, ["operator", "baseline ms", "candidate ms", "delta ms", "ratio", "calls (base/cand)", "presence"], [
+        header(md, f"{short_id(run_id)}: {label(str(stage), tree)} ({group['time_column'].iloc[0]})", level=3)
+        table(md, ["operator", "baseline ms", "candidate ms", "delta ms", "ratio", "calls (base/cand)", "presence"], [
             [r.name, fmt_value(r.baseline_ms), fmt_value(r.candidate_ms), f"{r.delta_ms:+.4g}", fmt_ratio(r.ratio),
              f"{fmt_value(r.baseline_calls)}/{fmt_value(r.candidate_calls)}", r.presence]
             for r in group.itertuples()])
 
     if plots:
-        md.new_header(level=2, title="Plots", add_table_of_contents="n")
+        header(md, "Plots")
         for plot in plots:
-            md.new_paragraph(md.new_inline_image(text=plot.stem, path=str(plot.relative_to(path.parent))))
+            md.new_paragraph(f"![{plot.stem}]({plot.relative_to(path.parent).as_posix()})")
     if notes:
-        md.new_header(level=2, title="Notes", add_table_of_contents="n")
-        md.new_list([_escape(n) for n in notes])
-    md.create_md_file()
-    return path
+        header(md, "Notes")
+        bullets(md, notes)
+    return markdown.write_markdown(md, path)

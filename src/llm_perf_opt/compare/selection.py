@@ -1,4 +1,4 @@
-"""Which runs to compare: one `mlflow.search_runs` query, returned as its pandas frame.
+"""Which runs to compare: one `search_runs` query (llm_perf_opt.tracking.runs), returned as its pandas frame.
 
 Only runs tagged `llm_perf_opt.kind=profile` are candidates (the profiler sets the tag; comparison runs
 carry `comparison` and are never selected). The user narrows the set with any combination of:
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from llm_perf_opt.gc_paused import gc_paused
 from llm_perf_opt.errors import InputError
+from llm_perf_opt.tracking.runs import TrackingQueryError, experiment_ids, search_runs
 
 KIND_TAG = "llm_perf_opt.kind"
 PROFILE_KIND = "profile"
@@ -65,39 +65,23 @@ def _experiment_ids(tracking_uri: str, names: Sequence[str]) -> list[str] | None
     """Experiment ids for names (None: search every experiment); an unknown name is an input error."""
     if not names:
         return None
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    ids = []
-    for name in names:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
+    found = experiment_ids(tracking_uri, names)
+    for name, experiment_id in found.items():
+        if experiment_id is None:
             raise InputError(f"experiment {name!r} not found in {tracking_uri}: check select.experiment "
                              "(null searches every experiment)")
-        ids.append(experiment.experiment_id)
-    return ids
-
+    return [str(found[name]) for name in names]
 
 
 def search_profile_runs(tracking_uri: str, selection: RunSelection) -> pd.DataFrame:
     """One search_runs query; rows sorted oldest first. Raises InputError for an invalid filter."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    experiment_ids = _experiment_ids(tracking_uri, selection.experiments)
-    mlflow.set_tracking_uri(tracking_uri)
+    ids = _experiment_ids(tracking_uri, selection.experiments)
     try:
-        with gc_paused():
-            runs = mlflow.search_runs(
-                experiment_ids=experiment_ids,
-                search_all_experiments=experiment_ids is None,
-                filter_string=build_filter(selection),
-                max_results=selection.last if selection.last else 100_000,
-                order_by=["attributes.start_time DESC"],
-                output_format="pandas",
-            )
-    except MlflowException as exc:
-        raise InputError(f"MLflow rejected the run selection ({exc.message.splitlines()[0]}): "
+        runs = search_runs(tracking_uri, ids, build_filter(selection),
+                           max_results=selection.last if selection.last else 100_000,
+                           order_by=["attributes.start_time DESC"])
+    except TrackingQueryError as exc:
+        raise InputError(f"MLflow rejected the run selection ({exc}): "
                          "check select.filter (MLflow search syntax, e.g. params.model.preset = 'tiny')") from exc
     if runs.empty:
         return runs

@@ -1,58 +1,92 @@
 """The summary table: each run's headline metrics and each run's ratio to the baseline.
 
-Input is the `mlflow.search_runs` frame (columns `metrics.<name>`, `tags.<name>`, ...). Headline metrics
-are the metric names that fully match one of the configured regular expressions (DEFAULT_HEADLINE
-patterns below), ordered by pattern then name. ratio = run value / baseline value (dimensionless; the
-baseline's own ratio is 1). A metric a run did not log is NaN and its ratio NaN: never 0.
-Everything is column-wise pandas, so 1,000 runs summarise in well under a second after the query.
+Input is the search_runs frame (columns `metrics.<name>`, `tags.<name>`, ...). The default headline set
+is made from the stage schema: every logged metric name is parsed (`schema.parse_metric_key`) and kept
+when its (stage, quantity, statistic) matches a rule of DEFAULT_HEADLINE, for every stage the runs
+logged, in the baseline's stage order (compare/stages.py). `summary.metrics` replaces the default set
+with full-match regular expressions; `summary.extra_metrics` appends to either. ratio = run value /
+baseline value (dimensionless; the baseline's own ratio is 1). A metric a run did not log is NaN and its
+ratio NaN: never 0. Everything is column-wise pandas, so 1,000 runs summarise in well under a second
+after the query.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from llm_perf_opt.compare.stages import NOT_STAGES, stage_order
 from llm_perf_opt.errors import InputError
+from llm_perf_opt.schema import DECODE, E2E, StageTree, parse_metric_key
 
-# Per-stage p50 times, TTFT/TPOT, tokens/s, MFU/MBU per stage, J/token, peak memory.
-DEFAULT_HEADLINE = (
-    r"prefill/ms_p50",
-    r"vision/ms_p50",
-    r"vision/.+_ms_p50",
-    r"decode/ms_p50",
-    r"latency/ttft_ms_p50",
-    r"latency/tpot_ms_p50",
-    r"latency/e2e_ms_p50",
-    r"throughput/tokens_per_s_mean",
-    r"efficiency/.+_mfu",
-    r"efficiency/.+_mbu",
-    r"energy/j_per_token",
-    r"memory/.+_peak_mib_max",
+EVERY_STAGE = None
+# (stage or EVERY_STAGE, quantity, statistic or None), in display order: per-stage p50 times (e2e's
+# included), TPOT, request tokens/s, per-stage MFU and MBU, J per decoded token, per-stage peak memory.
+DEFAULT_HEADLINE: tuple[tuple[str | None, str, str | None], ...] = (
+    (EVERY_STAGE, "ms", "p50"),
+    (DECODE, "tpot_ms", "p50"),
+    (E2E, "tokens_per_s", "mean"),
+    (EVERY_STAGE, "mfu", None),
+    (EVERY_STAGE, "mbu", None),
+    (DECODE, "energy_j_per_token", None),
+    (EVERY_STAGE, "peak_mem_mib", "max"),
 )
 RATIO_PREFIX = "ratio:"
 RUN_COLUMNS = ("run_id", "run_name", "experiment_id", "start_time", "status")
 
 
-def headline_metrics(runs: pd.DataFrame, patterns: Sequence[str] = DEFAULT_HEADLINE) -> list[str]:
-    """Metric names present in the frame that match a pattern, in pattern order (a name appears once)."""
-    names = [c[len("metrics."):] for c in runs.columns if c.startswith("metrics.")]
+def logged_metrics(runs: pd.DataFrame) -> list[str]:
+    """The metric names of a search_runs frame (its `metrics.<name>` columns)."""
+    return [c[len("metrics."):] for c in runs.columns if c.startswith("metrics.")]
+
+
+def default_headline(names: Iterable[str], tree: StageTree | None = None) -> list[str]:
+    """The names among `names` that DEFAULT_HEADLINE selects, stages in the tree's order."""
+    parsed: dict[tuple[str, str, str | None], str] = {}
+    for name in names:
+        try:
+            key = parse_metric_key(name)
+        except ValueError:
+            continue
+        if key[0] not in NOT_STAGES:
+            parsed[key] = name
+    stages = stage_order({stage for stage, _, _ in parsed}, tree)
     ordered: list[str] = []
+    for rule_stage, quantity, stat in DEFAULT_HEADLINE:
+        for stage in stages if rule_stage is EVERY_STAGE else [rule_stage]:
+            name = parsed.get((stage, quantity, stat))
+            if name is not None and name not in ordered:
+                ordered.append(name)
+    return ordered
+
+
+def _matching(names: Sequence[str], patterns: Sequence[str], ordered: list[str]) -> list[str]:
     for pattern in patterns:
         try:
             regex = re.compile(pattern)
         except re.error as exc:
             raise InputError(f"summary metric pattern {pattern!r} is not a regular expression ({exc}): "
-                             "fix summary.metrics / summary.extra_metrics (e.g. 'vision/.+_ms_p50')") from exc
+                             "fix summary.metrics / summary.extra_metrics (e.g. 'decode/step_ms_p90')") from exc
         ordered += sorted(n for n in names if regex.fullmatch(n) and n not in ordered)
     return ordered
 
 
-def summary_table(runs: pd.DataFrame, baseline_run_id: str, patterns: Sequence[str] = DEFAULT_HEADLINE) -> pd.DataFrame:
+def headline_metrics(runs: pd.DataFrame, patterns: Sequence[str] | None = None, extra: Sequence[str] = (),
+                     tree: StageTree | None = None) -> list[str]:
+    """Metric names of the frame: the default set (patterns None) or those matching `patterns`, then `extra`'s;
+    a name appears once."""
+    names = logged_metrics(runs)
+    ordered = default_headline(names, tree) if patterns is None else _matching(names, patterns, [])
+    return _matching(names, extra, ordered)
+
+
+def summary_table(runs: pd.DataFrame, baseline_run_id: str, patterns: Sequence[str] | None = None,
+                  extra: Sequence[str] = (), tree: StageTree | None = None) -> pd.DataFrame:
     """One row per run (index run_id): run columns, `baseline`, metric values, then `ratio:<metric>`."""
-    metrics = headline_metrics(runs, patterns)
+    metrics = headline_metrics(runs, patterns, extra, tree)
     frame = pd.DataFrame({
         "run_id": runs["run_id"].astype(str),
         "run_name": runs.get("tags.mlflow.runName", pd.Series(np.nan, index=runs.index)),

@@ -1,6 +1,9 @@
 """Per-sample verdicts: did a candidate run change a metric relative to the baseline?
 
-For every samples.csv column with a direction (directions.py: `*_ms` lower is better, `*_per_s` higher):
+Which metrics: every (stage, quantity) the baseline logged with statistics (`<stage>/<quantity>_<stat>`,
+parsed with `schema.parse_metric_key`) whose quantity has a direction (directions.py: `ms` lower is better,
+`tokens_per_s` higher); its samples are the column `schema.column(stage, quantity)` of samples.csv (one
+row per input and repeat), else of decode_steps.csv (one row per decode step: `decode/step_ms`). For each:
 - p: Mann-Whitney U, two-sided (scipy.stats.mannwhitneyu, method 'auto': exact when one side has <= 8
   samples and there are no ties, else the normal approximation with tie and continuity correction);
 - median ratio = median(candidate) / median(baseline), with a bootstrap confidence interval
@@ -17,15 +20,18 @@ For every samples.csv column with a direction (directions.py: `*_ms` lower is be
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from math import comb
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from llm_perf_opt.compare.directions import metric_direction
+from llm_perf_opt.compare.directions import Direction, quantity_direction
+from llm_perf_opt.compare.stages import NOT_STAGES, stage_order
+from llm_perf_opt.schema import StageTree, column, metric_key, parse_metric_key
 
 IMPROVED = "improved"
 REGRESSED = "regressed"
@@ -34,10 +40,10 @@ TOO_FEW = "too few samples"
 ENV_MISMATCH = "environment mismatch"
 VERDICTS = (IMPROVED, REGRESSED, NO_CHANGE, TOO_FEW, ENV_MISMATCH)
 
-# samples.csv bookkeeping columns: sizes and indices, not measurements.
-NOT_MEASURED = {"repeat", "input_index", "input_id", "prompt_tokens", "image_tokens", "new_tokens", "clock"}
+# Per-sample files of a run, searched in this order for a metric's column.
+SAMPLE_FILES = ("samples.csv", "decode_steps.csv")
 
-VERDICT_COLUMNS = ["run_id", "metric", "direction", "n_baseline", "n_candidate", "baseline_median",
+VERDICT_COLUMNS = ["run_id", "metric", "source", "column", "direction", "n_baseline", "n_candidate", "baseline_median",
                    "candidate_median", "median_ratio", "ci_low", "ci_high", "p_value", "min_p_value", "verdict",
                    "note"]
 
@@ -53,7 +59,7 @@ class VerdictSettings:
     allow_env_mismatch: bool = False
 
 
-@lru_cache(maxsize=None)
+@cache
 def min_achievable_p(n_baseline: int, n_candidate: int) -> float:
     """The smallest two-sided MWU p-value these sample sizes can produce (complete separation, no ties)."""
     if n_baseline < 1 or n_candidate < 1:
@@ -76,9 +82,47 @@ def min_samples_per_side(alpha: float) -> int:
     return n
 
 
-def measured_columns(samples: pd.DataFrame) -> list[str]:
-    """samples.csv columns that are measurements with a better direction."""
-    return [c for c in samples.columns if c not in NOT_MEASURED and metric_direction(c) is not None]
+@dataclass(frozen=True)
+class SampledMetric:
+    """A metric with per-sample values: `metric` is `<stage>/<quantity>`, `column` its per-sample column."""
+
+    stage: str
+    quantity: str
+    direction: Direction
+
+    @property
+    def metric(self) -> str:
+        return metric_key(self.stage, self.quantity)
+
+    @property
+    def column(self) -> str:
+        return column(self.stage, self.quantity)
+
+
+def sampled_metrics(names: Iterable[str], tree: StageTree | None = None) -> list[SampledMetric]:
+    """The (stage, quantity) pairs logged with a statistic and a direction: stages in the tree's order, each
+    stage's `ms` first, then its other quantities by name."""
+    quantities: dict[str, set[str]] = {}
+    for name in names:
+        try:
+            stage, quantity, stat = parse_metric_key(name)
+        except ValueError:
+            continue
+        if stat is None or stage in NOT_STAGES or quantity_direction(quantity) is None:
+            continue
+        quantities.setdefault(stage, set()).add(quantity)
+    return [SampledMetric(stage, quantity, quantity_direction(quantity))
+            for stage in stage_order(quantities, tree)
+            for quantity in sorted(quantities[stage], key=lambda q: (q != "ms", q))]
+
+
+def sample_values(tables: Mapping[str, pd.DataFrame], name: str) -> tuple[str, np.ndarray] | None:
+    """(file, finite values) of a per-sample column, from the first SAMPLE_FILES table that has it."""
+    for source in SAMPLE_FILES:
+        frame = tables.get(source)
+        if frame is not None and name in frame.columns:
+            return source, pd.to_numeric(frame[name], errors="coerce").dropna().to_numpy(float)
+    return None
 
 
 def _median_ratio(candidate: np.ndarray, baseline: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -118,30 +162,28 @@ def compare_metric(baseline: np.ndarray, candidate: np.ndarray, direction: str, 
             "p_value": p_value, "min_p_value": min_p, "verdict": verdict}
 
 
-def verdict_table(samples: dict[str, pd.DataFrame], baseline_run_id: str, candidate_run_ids: list[str],
-                  env_mismatches: dict[str, list[str]], settings: VerdictSettings) -> pd.DataFrame:
-    """One row per (candidate, metric measured in both runs). Warns once per candidate with too few samples."""
-    base_frame = samples[baseline_run_id]
+def verdict_table(samples: Mapping[str, Mapping[str, pd.DataFrame]], baseline_run_id: str,
+                  candidate_run_ids: Sequence[str], env_mismatches: Mapping[str, list[str]],
+                  settings: VerdictSettings, metrics: Sequence[SampledMetric]) -> pd.DataFrame:
+    """One row per (candidate, metric sampled in both runs). `samples[run_id][file]` is a SAMPLE_FILES table.
+    Warns once per candidate with too few samples."""
+    base_tables = samples[baseline_run_id]
     rng = np.random.default_rng(settings.seed)
     rows = []
     for run_id in candidate_run_ids:
         if run_id not in samples:
             continue
-        cand_frame = samples[run_id]
         mismatch = env_mismatches.get(run_id, [])
         too_few: list[str] = []
-        for metric in measured_columns(base_frame):
-            if metric not in cand_frame.columns:
+        for sampled in metrics:
+            base, cand = sample_values(base_tables, sampled.column), sample_values(samples[run_id], sampled.column)
+            if base is None or cand is None or len(base[1]) == 0 or len(cand[1]) == 0:
                 continue
-            base = pd.to_numeric(base_frame[metric], errors="coerce").dropna().to_numpy(float)
-            cand = pd.to_numeric(cand_frame[metric], errors="coerce").dropna().to_numpy(float)
-            if len(base) == 0 or len(cand) == 0:
-                continue
-            row = {"run_id": run_id, "metric": metric,
-                   **compare_metric(base, cand, metric_direction(metric), settings, rng), "note": ""}
+            row = {"run_id": run_id, "metric": sampled.metric, "source": base[0], "column": sampled.column,
+                   **compare_metric(base[1], cand[1], sampled.direction, settings, rng), "note": ""}
             if row["verdict"] == TOO_FEW:
-                too_few.append(metric)
-                row["note"] = (f"{len(base)} vs {len(cand)} samples: the smallest possible p is "
+                too_few.append(sampled.metric)
+                row["note"] = (f"{len(base[1])} vs {len(cand[1])} samples: the smallest possible p is "
                                f"{row['min_p_value']:.3g} >= alpha {settings.alpha}")
             if mismatch:
                 row["note"] = "; ".join(filter(None, [row["note"], "environment differs: " + ", ".join(mismatch)]))

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from llm_perf_opt.data.omnidocbench import load_omnidocbench
 from llm_perf_opt.data.pages import Page
-from llm_perf_opt.errors import InputError
+from llm_perf_opt.data.synthetic import generate_pages
 
 
 def load_pages(dataset_cfg: Any) -> list[Page]:
     source = dataset_cfg.source
     if source == "synthetic":
-        from llm_perf_opt.data.synthetic import generate_pages
-
         return generate_pages(int(dataset_cfg.num_pages), [list(s) for s in dataset_cfg.sizes], int(dataset_cfg.seed))
-    if source == "omnidocbench":
-        from llm_perf_opt.data.omnidocbench import load_omnidocbench
-
-        if not dataset_cfg.root:
-            raise InputError("dataset.root is not set: point it at a folder holding OmniDocBench.json and images/")
-        return load_omnidocbench(dataset_cfg.root, dataset_cfg.get("subset_file"), dataset_cfg.get("limit"))
-    raise InputError(f"dataset.source={source} is unknown: use synthetic or omnidocbench (conf/dataset/)")
+    # omnidocbench (config.validate checked the source and that dataset.root is set)
+    return load_omnidocbench(dataset_cfg.root, dataset_cfg.get("subset_file"), dataset_cfg.get("limit"))

@@ -36,8 +36,6 @@ from llm_perf_opt.models.workload import (
 
 
 def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int = 0) -> Workload:
-    if cfg.get("factory") is None or "_target_" not in cfg.factory:
-        raise InputError("model.factory needs a _target_ (a callable returning an nn.Module): see conf/model/custom.yaml")
     dtype = resolve_dtype(cfg.dtype, device)
     built = instantiate(cfg.factory, device=device, dtype=dtype, _convert_="all")
     if isinstance(built, nn.Module):
@@ -71,11 +69,13 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
         "moe_routing": "model",
         "parameters": count_parameters(model),
     }
+    stages, stage_modules = resolve_stage_map(model, stage_map)
     return Workload(
         family="custom",
         model=model,
         inputs=inputs,
-        stage_modules=resolve_stage_map(model, stage_map),
+        stages=stages,
+        stage_modules=stage_modules,
         device=device,
         dtype=dtype,
         eos_token_id=built.get("eos_token_id"),

@@ -29,15 +29,15 @@ from omegaconf import OmegaConf
 
 from llm_perf_opt.data.pages import Page
 from llm_perf_opt.errors import InputError
+from llm_perf_opt.models.generation import decode_experts_plan
 from llm_perf_opt.models.moe_routing import apply_routing_choice
-from llm_perf_opt.profiling.generation import decode_experts_plan
 from llm_perf_opt.models.workload import (
     PreparedInput,
     Workload,
     checkpoint_dir,
     count_parameters,
-    load_kwargs,
     dtype_name,
+    load_kwargs,
     resolve_dtype,
     resolve_stage_map,
 )
@@ -234,9 +234,7 @@ def _prepare_with_processor(processor, pages: list[Page], device, dtype) -> list
 
 def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int = 0) -> Workload:
     """Build the DeepSeek-OCR-2 workload described by the `model` config group."""
-    if cfg.image_mode not in IMAGE_MODES:
-        raise InputError(f"model.image_mode={cfg.image_mode} is unknown: choose one of {', '.join(IMAGE_MODES)}")
-    mode = IMAGE_MODES[cfg.image_mode]
+    mode = IMAGE_MODES[str(cfg.image_mode)]  # the config's ImageMode enum admits only these keys
     dtype = resolve_dtype(cfg.dtype, device)
     model, weights = _load_model(cfg, device, dtype)
     model.eval()
@@ -273,11 +271,13 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
         "num_experts": getattr(text_config, "n_routed_experts", None),
         "experts_per_token": getattr(text_config, "num_experts_per_tok", None),
     }
+    stages, stage_modules = resolve_stage_map(model, dict(cfg.stage_map or {}))
     return Workload(
         family="deepseek_ocr2",
         model=model,
         inputs=inputs,
-        stage_modules=resolve_stage_map(model, dict(cfg.stage_map or {})),
+        stages=stages,
+        stage_modules=stage_modules,
         device=device,
         dtype=dtype,
         eos_token_id=text_config.eos_token_id,

@@ -15,15 +15,15 @@ from omegaconf import OmegaConf
 
 from llm_perf_opt.data.pages import Page
 from llm_perf_opt.errors import InputError
+from llm_perf_opt.models.generation import decode_experts_plan
 from llm_perf_opt.models.moe_routing import apply_routing_choice
-from llm_perf_opt.profiling.generation import decode_experts_plan
 from llm_perf_opt.models.workload import (
     PreparedInput,
     Workload,
     checkpoint_dir,
     count_parameters,
-    load_kwargs,
     dtype_name,
+    load_kwargs,
     resolve_dtype,
     resolve_stage_map,
 )
@@ -103,11 +103,13 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
         "parameters": count_parameters(model),
     }
     eos = model.config.eos_token_id
+    stages, stage_modules = resolve_stage_map(model, dict(cfg.stage_map or {}))
     return Workload(
         family="hf_causal_lm",
         model=model,
         inputs=inputs,
-        stage_modules=resolve_stage_map(model, dict(cfg.stage_map or {})),
+        stages=stages,
+        stage_modules=stage_modules,
         device=device,
         dtype=dtype,
         eos_token_id=eos[0] if isinstance(eos, list) else eos,

@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_perf_opt.errors import InputError
-
 
 def _is_topk_router(module: nn.Module) -> bool:
     # transformers' DeepSeek-style routers (DeepseekOcr2TextTopkRouter, ...): a `weight` of shape
@@ -57,9 +55,7 @@ def apply_routing_choice(model: nn.Module, requested: str, weights: str, seed: i
 
     `auto` is uniform for random weights when the model has top-k routers, else the model's own.
     """
-    if requested not in ("auto", "uniform", "model"):
-        raise InputError(f"model.moe_routing={requested} is unknown: use auto, uniform or model")
-    routing = requested
+    routing = str(requested)  # auto | uniform | model (the config's MoeRouting enum)
     if routing == "auto":
         routing = "uniform" if weights == "random" and find_routers(model) else "model"
     return routing, (apply_uniform_routing(model, seed) if routing == "uniform" else 0)

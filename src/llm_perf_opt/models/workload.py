@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from llm_perf_opt.errors import InputError
-from llm_perf_opt.profiling.generation import CallConvention
+from llm_perf_opt.models.generation import CallConvention, decode_phase
+from llm_perf_opt.schema import StageTree, stage_key
 
 
 @dataclass
@@ -29,14 +30,16 @@ class PreparedInput:
 class Workload:
     """A model, its inputs and its stage map.
 
-    `stage_modules` maps sub-stage names ("vision/sam", ...) to the modules whose forward calls
-    delimit them. Sub-stages are timed inside prefill (the vision encoder runs only there) and are
-    reported as nested within it; they must not contain one another.
+    `stages` is the run's stage tree (llm_perf_opt.schema); `stage_modules` maps each measured
+    sub-stage's key ("vision_sam", ...) to the module whose forward calls delimit it. Sub-stages are
+    timed inside prefill (the vision encoder runs only there) and nest within it; they must not
+    contain one another.
     """
 
     family: str
     model: nn.Module
     inputs: list[PreparedInput]
+    stages: StageTree
     stage_modules: dict[str, nn.Module]
     device: torch.device
     dtype: torch.dtype
@@ -51,44 +54,47 @@ class Workload:
 
     def __post_init__(self) -> None:
         self.convention = CallConvention.detect(self.model)
+        if not self.inputs:
+            raise InputError(f"workload '{self.family}' has no inputs: "
+                             "check the dataset settings (num_pages, limit, subset)")
 
     def decode_phase(self):
         """Context for the decode steps of every pass (timed, profiled, counted, benchmarks)."""
-        from llm_perf_opt.profiling.generation import decode_phase
-
         return decode_phase(self.model, self.decode_experts)
-        if not self.inputs:
-            raise InputError(f"workload '{self.family}' has no inputs: check the dataset settings (num_pages, limit, subset)")
 
 
-def flatten_stage_map(stage_map: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
-    """{"vision": {"sam": path}} -> {"vision/sam": path}: nesting in config names the stage group."""
-    flat: dict[str, Any] = {}
+def stage_map_paths(stage_map: Mapping[str, Any] | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """{"vision": {"sam": path}} or {"vision/sam": path} -> {("vision", "sam"): path}: nesting names the group."""
+    flat: dict[tuple[str, ...], Any] = {}
     for key, value in (stage_map or {}).items():
-        name = f"{prefix}/{key}" if prefix else str(key)
+        path = prefix + tuple(part for part in str(key).split("/") if part)
         if isinstance(value, Mapping):
-            flat.update(flatten_stage_map(value, name))
+            flat.update(stage_map_paths(value, path))
         else:
-            flat[name] = value
+            flat[path] = value
     return flat
 
 
-def resolve_stage_map(model: nn.Module, stage_map: Mapping[str, Any] | None) -> dict[str, nn.Module]:
-    """Turn {stage name: dotted submodule path or module} (nested or "group/name" keys) into {stage: module}."""
+def resolve_stage_map(model: nn.Module, stage_map: Mapping[str, Any] | None) -> tuple[StageTree, dict[str, nn.Module]]:
+    """The stage tree of a stage map ({name: dotted submodule path or module}, nested or "group/name"
+    keys) and {stage key: module} for its measured sub-stages."""
+    paths = stage_map_paths(stage_map)
+    tree = StageTree.from_paths(paths)
     resolved: dict[str, nn.Module] = {}
-    for stage, target in flatten_stage_map(stage_map).items():
+    for path, target in paths.items():
+        key = stage_key(path)
         if isinstance(target, nn.Module):
-            resolved[str(stage)] = target
+            resolved[key] = target
             continue
         try:
-            resolved[str(stage)] = model.get_submodule(str(target))
+            resolved[key] = model.get_submodule(str(target))
         except AttributeError:
             children = ", ".join(name for name, _ in model.named_children())
             raise InputError(
-                f"stage map entry {stage}={target} names no submodule of {type(model).__name__} "
+                f"stage map entry {'/'.join(path)}={target} names no submodule of {type(model).__name__} "
                 f"(its top-level children: {children}): fix model.stage_map"
             ) from None
-    return resolved
+    return tree, resolved
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -96,10 +102,7 @@ def resolve_device(requested: str) -> torch.device:
     requested = str(requested or "auto")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise InputError(f"device={requested} is not a device torch knows: use auto, cpu, cuda or cuda:N") from None
+    device = torch.device(requested)  # config.validate admits cpu, cuda and cuda:N only
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
@@ -115,17 +118,14 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-           "fp32": torch.float32, "float32": torch.float32}
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     """'auto' is bf16 on CUDA (what the model ships in) and fp32 on CPU (bf16 matmuls are slow there)."""
-    requested = str(requested or "auto").lower()
+    requested = str(requested or "auto")  # auto | bf16 | fp16 | fp32 (the config's DType enum)
     if requested == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if requested not in _DTYPES:
-        raise InputError(f"model.dtype={requested} is not supported: use auto, bf16, fp16 or fp32")
     return _DTYPES[requested]
 
 

@@ -5,14 +5,17 @@
     build_summary(metrics_path, out_md) -> None
     operator_summary_for_metrics(operators_df, top_n) -> dict   # what the profiler adds to metrics.json
 
-metrics.json contract: `build_summary` needs nothing but metrics.json. For the operator part of the
-summary the profiler adds the keys `operator_summary_for_metrics` returns:
+metrics.json contract: `build_summary` needs nothing but metrics.json, read through the run record
+(`llm_perf_opt.record.load`, schema_version 2); an older or malformed metrics.json is an InputError that
+says what is wrong and to re-run the profile. For the operator part of the summary the profiler adds
+the keys `operator_summary_for_metrics` returns:
 - "top_operators": the top-N operator records over all stages, by total_time_ms;
 - "top_operators_by_stage": {stage: its top-N records};
 each record {stage, name, calls, total_time_ms, mean_time_ms, self_cpu_ms, total_cpu_ms,
 self_device_ms, total_device_ms, self_cpu_memory_bytes} (device and memory fields only when
 measured). Takeaways are not stored: they are derived from metrics.json each time
 (llm_perf_opt.reports.takeaways.derive_takeaways), so a rebuilt summary always matches its numbers.
+No torch is imported here.
 
 Stage hint (top_n_operators): a record's own "stage" (where the trace placed it) wins. A record
 without one gets a hint from its name, first matching rule, case-insensitive, with
@@ -27,13 +30,16 @@ without one gets a hint from its name, first matching rule, case-insensitive, wi
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
+
+from llm_perf_opt.reports import read_record
+from llm_perf_opt.reports.stakeholder_summary import write_stakeholder_markdown
+from llm_perf_opt.reports.stakeholder_summary import write_stakeholder_summary as write_summary_of_record
 
 STAGE_HINT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("attention", re.compile(r"attn|attention|sdpa|flash|fmha", re.IGNORECASE)),
@@ -83,18 +89,13 @@ def top_n_operators(records: Iterable[dict], n: int = 10) -> list[dict]:
 
 def write_stakeholder_summary(path: str, top_ops: list[dict], stage_takeaways: dict[str, str]) -> None:
     """Markdown (mdutils) with the top operators and the takeaways, written to exactly `path`."""
-    from llm_perf_opt.reports.stakeholder_summary import write_stakeholder_markdown
-
     write_stakeholder_markdown(path, top_ops=top_ops, takeaways=stage_takeaways)
 
 
 def build_summary(metrics_path: str, out_md: str) -> None:
-    """Regenerate stakeholder_summary.md from a run's metrics.json alone."""
-    from llm_perf_opt.reports.stakeholder_summary import write_stakeholder_summary_from_metrics
-
-    with open(metrics_path, encoding="utf-8") as handle:
-        metrics_json = json.load(handle)
-    write_stakeholder_summary_from_metrics(metrics_json, out_md)
+    """Regenerate stakeholder_summary.md from a run's metrics.json alone (InputError when it is not a
+    readable schema_version 2 run record)."""
+    write_summary_of_record(read_record(metrics_path), out_md)
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

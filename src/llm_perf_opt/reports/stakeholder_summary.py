@@ -1,126 +1,167 @@
-"""stakeholder_summary.md: the run in plain language, built from metrics.json alone.
+"""stakeholder_summary.md: the run in plain language, built from its RunRecord alone.
 
-Sections (each only when its numbers exist): what ran (one line), where the time goes (stage table,
-vision stated as nested within prefill), speed (TTFT, TPOT, tokens/s), top cost centres (operators
-with their stage), takeaways and recommendations (reports/takeaways.py, each citing its number).
+Sections (each only when its numbers exist): what ran (one line), where the time goes (every stage
+in the record's order, a nested stage marked with the stage it runs inside and its share of it),
+speed (TTFT, TPOT, end to end, tokens/s), energy, top cost centres (operators with their stage and
+share of the stage's profiled time), takeaways and recommendations (reports/takeaways.py, each citing
+its number).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from llm_perf_opt.record import OperatorRecord, RunRecord
 from llm_perf_opt.reports.markdown import bullets, header, new_document, table, write_markdown
-from llm_perf_opt.reports.takeaways import (
-    profiled_stage_total_ms,
-    derive_recommendations,
-    derive_takeaways,
-    end_to_end_shares,
-    percent,
-    stage_stat,
-    stat,
+from llm_perf_opt.reports.takeaways import derive_recommendations, derive_takeaways
+from llm_perf_opt.reports.view import (
+    finite,
+    operator_share,
+    parent_of,
+    pct,
+    resolve_stage,
+    share_of_parent,
+    stage_display,
 )
+from llm_perf_opt.schema import DECODE, E2E, PREFILL
 
 TITLE = "Stakeholder summary"
 
 
-def environment_line(metrics_json: Mapping[str, Any]) -> str | None:
-    """'deepseek_ocr2 tiny (fp32, sdpa) on <device>; torch ..., transformers ...; 6 samples x 8 tokens'."""
-    env, workload = metrics_json.get("env") or {}, metrics_json.get("workload") or {}
-    if not env and not workload:
-        return None
-    model = " ".join(str(v) for v in (workload.get("family"), workload.get("preset")) if v)
-    details = ", ".join(str(v) for v in (env.get("dtype") or workload.get("dtype"),
-                                         env.get("attn_implementation"), workload.get("image_mode") and
-                                         f"image mode {workload['image_mode']}") if v)
-    line = f"{model or 'model'}{f' ({details})' if details else ''} on {env.get('device_name') or env.get('device_type') or 'n/a'}"
+class CostCentre(NamedTuple):
+    """One operator row of the summary, from an OperatorRecord or a seed-API dict."""
+
+    name: Any
+    stage: Any
+    total_time_ms: Any
+    calls: Any
+
+    @classmethod
+    def of(cls, op: OperatorRecord | Mapping[str, Any]) -> CostCentre:
+        if isinstance(op, OperatorRecord):
+            return cls(op.name, op.stage, op.total_time_ms, op.calls)
+        return cls(op.get("name"), op.get("stage"), op.get("total_time_ms"), op.get("calls"))
+
+
+def environment_line(record: RunRecord) -> str:
+    """'deepseek_ocr2 full (bf16, sdpa, image mode tiled) on <device>; torch ..., transformers ...;
+    6 timed samples of 8 new tokens each.'"""
+    workload, env = record.workload, record.env
+    extra = workload.model_extra or {}
+    model = " ".join(str(v) for v in (workload.family, workload.preset) if v)
+    details = ", ".join(str(v) for v in (workload.dtype, env.get("attn_implementation"),
+                                         extra.get("image_mode") and f"image mode {extra['image_mode']}") if v)
+    device = env.get("device_name") or workload.device
+    line = f"{model} ({details}) on {device}"
     versions = ", ".join(f"{k} {env[k]}" for k in ("torch", "transformers") if env.get(k))
     if versions:
         line += f"; {versions}"
-    samples = (metrics_json.get("metrics") or {}).get("samples/count")
-    if samples is not None and workload.get("new_tokens") is not None:
-        line += f"; {int(samples)} timed samples of {workload['new_tokens']} new tokens each"
-    return line + "."
+    return line + f"; {record.samples} timed samples of {workload.new_tokens} new tokens each."
 
 
-def stage_rows(metrics_json: Mapping[str, Any]) -> list[list[Any]]:
-    """[stage, mean ms, p50 ms, p90 ms, share] with nested stages labelled by what they sit in."""
-    means, whole, _ = end_to_end_shares(metrics_json)
+def stage_rows(record: RunRecord) -> list[list[Any]]:
+    """[stage, mean ms, p50 ms, p90 ms, share of the stage it runs in] for every timed stage, in record order."""
     rows = []
-    for name, entry in (metrics_json.get("stages") or {}).items():
-        mean = stage_stat(metrics_json, name)
-        if mean is None:
+    for stage in record.stages:
+        stats = stage.stats.get("ms")
+        if stats is None:
             continue
-        parent = entry.get("nested_in")
-        if parent is None:
-            label = "prefill (time to first token)" if name == "prefill" else name
-            share = f"{percent(mean, whole):.1f}% of end-to-end" if whole else "n/a"
+        parent = parent_of(record, stage)
+        share = share_of_parent(record, stage)
+        if stage.key == PREFILL:
+            label = f"{stage.label} (time to first token)"
+        elif parent is not None and parent.key != E2E:
+            label = f"{stage.label} (inside {parent.label})"
         else:
-            label = f"{name} (inside {parent})"
-            parent_mean = stage_stat(metrics_json, parent)
-            share = f"{percent(mean, parent_mean):.1f}% of {parent}" if parent_mean else "n/a"
-        rows.append([label, mean, stage_stat(metrics_json, name, "p50"), stage_stat(metrics_json, name, "p90"), share])
+            label = stage.label
+        if parent is None:
+            share_text = "whole request"
+        else:
+            share_text = f"{pct(share)} of {parent.label}" if share is not None else "n/a"
+        rows.append([label, stats.mean, stats.p50, stats.p90, share_text])
     return rows
 
 
-def speed_lines(metrics_json: Mapping[str, Any]) -> list[str]:
-    items = [("Time to first token (TTFT)", "ttft_ms", "ms"), ("Time per output token (TPOT)", "tpot_ms", "ms"),
-             ("End-to-end per request", "e2e_ms", "ms"), ("Tokens per second, whole request", "tokens_per_s", "tokens/s"),
-             ("Tokens per second, decode only", "decode_tokens_per_s", "tokens/s")]
+def speed_lines(record: RunRecord) -> list[str]:
+    items = [("Time to first token (TTFT)", PREFILL, "ms", "ms"),
+             ("Time per output token (TPOT)", DECODE, "tpot_ms", "ms"),
+             ("End-to-end per request", E2E, "ms", "ms"),
+             ("Tokens per second, whole request", E2E, "tokens_per_s", "tokens/s"),
+             ("Tokens per second, decode only", DECODE, "tokens_per_s", "tokens/s")]
     lines = []
-    for label, column, unit in items:
-        p50, mean = stat(metrics_json, column, "p50"), stat(metrics_json, column)
-        if p50 is not None:
-            lines.append(f"{label}: {p50:.2f} {unit} (median; mean {mean:.2f})")
+    for label, key, quantity, unit in items:
+        stage = record.stage(key)
+        stats = stage.stats.get(quantity) if stage is not None else None
+        if stats is not None:
+            lines.append(f"{label}: {stats.p50:.2f} {unit} (median; mean {stats.mean:.2f})")
     return lines
 
 
-def cost_centre_rows(top_ops: Sequence[Mapping[str, Any]], metrics_json: Mapping[str, Any] | None) -> list[list[Any]]:
+def energy_lines(record: RunRecord) -> list[str]:
+    lines = []
+    e2e, prefill, decode = record.stage(E2E), record.stage(PREFILL), record.stage(DECODE)
+    for label, stage, kind, unit, digits in (("Energy per page, end to end", e2e, "mean", "J", 2),
+                                             ("Energy of prefill", prefill, "mean", "J", 2),
+                                             ("Energy per output token, decode", decode, "per_token", "J", 3)):
+        value = finite(stage.energy_j.get(kind)) if stage is not None else None
+        if value is not None:
+            lines.append(f"{label}: {value:.{digits}f} {unit}")
+    for label, key, unit in (("Mean GPU power", "power_w_mean", "W"), ("Peak GPU power", "power_w_max", "W")):
+        value = finite(record.device.get(key))
+        if value is not None:
+            lines.append(f"{label}: {value:.1f} {unit}")
+    return lines
+
+
+def cost_centre_rows(top_ops: Sequence[OperatorRecord | Mapping[str, Any]],
+                     record: RunRecord | None) -> list[list[Any]]:
     rows = []
-    for rank, op in enumerate(top_ops, 1):
-        stage_total = profiled_stage_total_ms(metrics_json, op.get("stage")) if metrics_json else None
-        total = op.get("total_time_ms")
-        share = f"{percent(total, stage_total):.1f}%" if stage_total and total is not None else "n/a"
-        rows.append([rank, op.get("name"), op.get("stage", "n/a"), total, op.get("calls", "n/a"), share])
+    for rank, op in enumerate(map(CostCentre.of, top_ops), 1):
+        stage = resolve_stage(record, op.stage) if record is not None else None
+        share = operator_share(op.total_time_ms, stage)
+        rows.append([rank, op.name, stage_display(record, op.stage), finite(op.total_time_ms),
+                     op.calls if op.calls is not None else "n/a", f"{pct(share)}" if share is not None else "n/a"])
     return rows
 
 
 def write_stakeholder_markdown(
     path: str | Path,
     *,
-    top_ops: Sequence[Mapping[str, Any]],
+    top_ops: Sequence[OperatorRecord | Mapping[str, Any]],
     takeaways: Mapping[str, str],
     recommendations: Mapping[str, str] | None = None,
-    metrics_json: Mapping[str, Any] | None = None,
+    record: RunRecord | None = None,
 ) -> Path:
-    """Write the summary; without `metrics_json` only cost centres and takeaways are written."""
+    """Write the summary to exactly `path`; without `record` only cost centres and takeaways are written."""
     md = new_document(TITLE)
-    if metrics_json is not None:
-        if metrics_json.get("status") not in (None, "FINISHED"):
-            md.new_paragraph(f"**The run did not finish** ({metrics_json.get('status')}: {metrics_json.get('error')}); "
+    if record is not None:
+        if record.status != "FINISHED":
+            md.new_paragraph(f"**The run did not finish** ({record.status}: {record.error or 'no error recorded'}); "
                              "the numbers below cover the samples measured before it stopped.")
-        line = environment_line(metrics_json)
-        if line:
-            header(md, "What ran")
-            md.new_paragraph(line)
-        rows = stage_rows(metrics_json)
+        header(md, "What ran")
+        md.new_paragraph(environment_line(record))
+        rows = stage_rows(record)
         if rows:
             header(md, "Where the time goes")
-            md.new_paragraph("Mean time per request, in milliseconds. Vision runs inside prefill: its time is part "
-                             "of the prefill time, not added to it; its parts (sam, encoder, projector) are in turn "
-                             "part of vision.")
+            md.new_paragraph("Mean time per request, in milliseconds. A stage marked (inside ...) runs within that "
+                             "stage: its time is part of it, not added to it.")
             table(md, ["Stage", "Mean (ms)", "Median (ms)", "p90 (ms)", "Share"], rows)
-        speed = speed_lines(metrics_json)
+        speed = speed_lines(record)
         if speed:
             header(md, "Speed")
             bullets(md, speed)
+        energy = energy_lines(record)
+        if energy:
+            header(md, "Energy")
+            bullets(md, energy)
     header(md, "Top cost centres")
     if top_ops:
         md.new_paragraph("Operators with the most total time in the profiled pass (a separate run under the "
                          "profiler: milliseconds are inflated, shares are indicative), with the stage they ran in.")
         table(md, ["#", "Operator", "Stage", "Total (ms)", "Calls", "Share of stage"],
-              cost_centre_rows(top_ops, metrics_json))
+              cost_centre_rows(top_ops, record))
     else:
         md.new_paragraph("No operator data (the profiled pass did not run).")
     header(md, "Takeaways")
@@ -134,11 +175,7 @@ def write_stakeholder_markdown(
     return write_markdown(md, path)
 
 
-def write_stakeholder_summary_from_metrics(metrics_json: Mapping[str, Any], path: str | Path) -> Path:
-    return write_stakeholder_markdown(
-        path,
-        top_ops=list(metrics_json.get("top_operators") or []),
-        takeaways=derive_takeaways(metrics_json),
-        recommendations=derive_recommendations(metrics_json),
-        metrics_json=metrics_json,
-    )
+def write_stakeholder_summary(record: RunRecord, path: str | Path) -> Path:
+    """stakeholder_summary.md of `record`, written to exactly `path`."""
+    return write_stakeholder_markdown(path, top_ops=record.top_operators, takeaways=derive_takeaways(record),
+                                      recommendations=derive_recommendations(record), record=record)

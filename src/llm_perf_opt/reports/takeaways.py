@@ -1,120 +1,45 @@
-"""Takeaways and recommendations derived from one run's metrics.json, each citing its number.
+"""Takeaways and recommendations derived from one run's RunRecord, each citing its numbers.
 
-Inputs (metrics.json keys; anything absent makes the statements that need it absent, never guessed):
-- stages{name: {nested_in, ms: {mean, p50, ...}}} and summary{column: stats} (the timed pass);
-- top_operators_by_stage{stage: [records]} and profiled_pass{stages: [...]} (the profiled pass);
-- metrics{"overhead/<stage>_ratio": ...} (profiled / timed stage time);
-- efficiency{stage: {mfu, mbu, bound, busy_share}} (fractions in [0, 1]; `bound` a label).
+Everything is read from the record (stage nesting from `parent`, names from `label`); a statement
+whose numbers are absent is left out, never made from a zero.
 
-Rules (thresholds are stated in the text they produce):
-- end_to_end: share of each top-level stage (prefill, decode) in the mean end-to-end time
-  (summary e2e_ms; prefill + decode when e2e is absent); the larger share dominates.
-- vision: the vision group's share of prefill (it is nested within prefill), and the sub-stage with
-  the largest mean with its share of vision.
-- decode: TPOT (p50 and mean) and decode tokens/s; with efficiency["decode"]: busy share, MBU and
-  MFU as given, and a verdict: the efficiency module's `bound` label ("launch" | "memory" |
-  "compute") when present, else busy_share below LAUNCH_BOUND_BUSY_SHARE reads as launch-bound (the
-  device idles between small kernels) and MBU at or above MEMORY_BOUND_MBU as memory-bound.
-- prefill: MFU/MBU/bound of prefill when efficiency["prefill"] gives them.
-- operators: the largest operator (by total time) of the dominant stage or any stage nested in it,
-  with its share of that stage's profiled time.
-- profiler_overhead: the overhead ratios of prefill and of one decode step (sub-stages can be too
-  short to time well), so readers know how inflated operator times are; a recommendation to read
-  operator times as shares when either reaches INFLATED_OVERHEAD.
+Takeaways ({topic: sentence}):
+- end_to_end: each child of e2e (prefill, decode) as a share of e2e's mean time (the record's
+  share_of_parent); the largest dominates. Only when every child is timed (else which one dominates
+  is unknown); the same holds for a group's dominant child.
+- <group> (each sum_of_children stage nested in prefill, e.g. vision): its share of its parent and
+  its child with the largest mean, with that child's share of the group.
+- decode: TPOT (p50, mean) and decode tokens/s; with decode's efficiency: busy share, MBU, MFU and a
+  verdict: the efficiency's `bound` ("launch" | "memory" | "compute") when present, else a busy share
+  below DEFAULT_LAUNCH_BUSY_SHARE reads as launch-bound and MBU at or above MEMORY_BOUND_MBU as
+  memory-bound.
+- prefill: TTFT (prefill's mean) with prefill's MFU / MBU / verdict, when its efficiency gives them.
+- top operator, <stage label>: per stage with operators in the record, the one with the largest
+  total time and its share of the stage's profiled time (profiled.profiled_ms).
+- profiler_overhead: profiler_overhead_ratio of prefill and decode (per step).
+- flop_coverage: stages with MFU where more than HIGH_NO_FORMULA_SHARE of the profiled time is in
+  operators without a FLOP formula.
+- energy: e2e energy per page, decode energy per output token, mean board power.
+
+Recommendations follow the same numbers: work on the dominant stage of e2e (decode: launch overhead
+or memory traffic by its verdict; prefill: the group that is at least half of prefill, and its
+largest part), and read operator times as shares when an overhead ratio reaches INFLATED_OVERHEAD.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from typing import Any
+from llm_perf_opt.analysis.efficiency import DEFAULT_LAUNCH_BUSY_SHARE
+from llm_perf_opt.record import Efficiency, RunRecord, StageRecord
+from llm_perf_opt.reports.view import finite, pct, resolve_stage, share_of_parent
+from llm_perf_opt.schema import DECODE, E2E, PREFILL
 
-from llm_perf_opt.profiling.efficiency import DEFAULT_LAUNCH_BUSY_SHARE
-
-# Used only when metrics.json's efficiency has no `bound` verdict of its own (which applies the run's
-# hardware.launch_busy_share); the same default as profiling/efficiency.py.
+# Used only when a stage's efficiency has no `bound` verdict of its own (the pipeline's verdict
+# applies the run's hardware.launch_busy_share).
 LAUNCH_BOUND_BUSY_SHARE = DEFAULT_LAUNCH_BUSY_SHARE  # device busy < 50% of the stage: gaps between kernels
 MEMORY_BOUND_MBU = 0.5  # >= 50% of peak memory bandwidth used: bandwidth is the limit to watch
 INFLATED_OVERHEAD = 1.5  # profiled / timed stage time from which operator milliseconds mislead
-TOP_LEVEL_STAGES = ("prefill", "decode")
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def stat(metrics_json: Mapping[str, Any], column: str, name: str = "mean") -> float | None:
-    """metrics.json["summary"][column][name] when present and finite."""
-    return _finite(((metrics_json.get("summary") or {}).get(column) or {}).get(name))
-
-
-def stage_stat(metrics_json: Mapping[str, Any], stage: str, name: str = "mean") -> float | None:
-    entry = (metrics_json.get("stages") or {}).get(stage) or {}
-    return _finite((entry.get("ms") or {}).get(name))
-
-
-def substages(metrics_json: Mapping[str, Any], group: str) -> list[str]:
-    """Stages nested directly in `group` ('vision' -> ['vision/sam', ...]) in metrics.json order."""
-    return [name for name, entry in (metrics_json.get("stages") or {}).items() if entry.get("nested_in") == group]
-
-
-def groups_in_prefill(metrics_json: Mapping[str, Any]) -> list[str]:
-    return [name for name in substages(metrics_json, "prefill") if "/" not in name]
-
-
-def stages_within(metrics_json: Mapping[str, Any], stage: str) -> set[str]:
-    """`stage` and every stage nested in it, transitively ('prefill' -> prefill, vision, vision/sam, ...)."""
-    within = {stage}
-    entries = metrics_json.get("stages") or {}
-    while True:
-        grown = within | {name for name, entry in entries.items() if entry.get("nested_in") in within}
-        if grown == within:
-            return within
-        within = grown
-
-
-def end_to_end_shares(metrics_json: Mapping[str, Any]) -> tuple[dict[str, float], float | None, str]:
-    """({stage: mean ms}, denominator ms, what the denominator is) for the top-level stages."""
-    means = {s: v for s in TOP_LEVEL_STAGES if (v := stage_stat(metrics_json, s)) is not None}
-    e2e = stat(metrics_json, "e2e_ms")
-    if e2e is not None and e2e > 0:
-        return means, e2e, "mean end-to-end time per request"
-    total = sum(means.values())
-    return means, (total if total > 0 else None), "prefill + decode"
-
-
-def percent(part: float, whole: float) -> float:
-    return 100.0 * part / whole
-
-
-def profiled_stage_total_ms(metrics_json: Mapping[str, Any], stage: str | None) -> float | None:
-    """A stage's time in the profiled pass, summed over its ranges (metrics.json["profiled_pass"]["stages"])."""
-    for row in (metrics_json.get("profiled_pass") or {}).get("stages") or []:
-        if row.get("stage") == stage:
-            return _finite(row.get("profiled_ms"))
-    return None
-
-
-def overhead_ratios(metrics_json: Mapping[str, Any]) -> dict[str, float]:
-    flat = metrics_json.get("metrics") or {}
-    return {k: float(v) for k, v in flat.items() if k.startswith("overhead/") and _finite(v) is not None}
-
-
-def headline_overheads(metrics_json: Mapping[str, Any]) -> dict[str, tuple[str, float]]:
-    """{label: (metric name, ratio)} for prefill and one decode step, the stages long enough to time well."""
-    ratios = overhead_ratios(metrics_json)
-    labels = {"overhead/prefill_ratio": "prefill", "overhead/decode_step_ratio": "a decode step"}
-    return {label: (name, ratios[name]) for name, label in labels.items() if name in ratios}
-
-
-def efficiency_of(metrics_json: Mapping[str, Any], stage: str) -> Mapping[str, Any]:
-    entry = (metrics_json.get("efficiency") or {}).get(stage)
-    return entry if isinstance(entry, Mapping) else {}
-
+DOMINANT_GROUP_SHARE = 0.5  # a group at least this share of prefill earns a recommendation
+HIGH_NO_FORMULA_SHARE = 0.5  # above this share of time without FLOP formulas, MFU understates the work
 
 VERDICTS = {
     "launch": "launch-bound (the device waits for the host between kernels)",
@@ -123,11 +48,45 @@ VERDICTS = {
 }
 
 
-def boundness(eff: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(verdict, its source): the efficiency module's `bound` label when given, else busy share / MBU."""
-    if eff.get("bound"):
-        return str(eff["bound"]), "efficiency verdict"
-    busy, mbu = _finite(eff.get("busy_share")), _finite(eff.get("mbu"))
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _mean(stage: StageRecord | None, quantity: str = "ms", stat: str = "mean") -> float | None:
+    if stage is None or quantity not in stage.stats:
+        return None
+    return finite(getattr(stage.stats[quantity], stat))
+
+
+def shares_of_children(record: RunRecord, key: str) -> list[tuple[StageRecord, float, float]] | None:
+    """(child, mean ms, share of `key`) for every child of `key`, largest first; None unless `key` and all
+    its children are timed (which child dominates is unknown while one of them is missing)."""
+    children = record.children(key)
+    rows = [(child, _mean(child), share_of_parent(record, child)) for child in children]
+    if _mean(record.stage(key)) is None or not rows or any(m is None or s is None for _, m, s in rows):
+        return None
+    return sorted(rows, key=lambda row: row[1], reverse=True)
+
+
+def dominant_child(record: RunRecord, key: str) -> tuple[StageRecord, float] | None:
+    """The child of `key` with the largest mean ms and its share of `key` (0..1), or None."""
+    rows = shares_of_children(record, key)
+    return (rows[0][0], rows[0][2]) if rows else None
+
+
+def groups_in(record: RunRecord, key: str) -> list[StageRecord]:
+    """The sum_of_children stages nested (at any depth) in `key`, in record order."""
+    within = {s.key for s in record.tree().descendants(key)}
+    return [s for s in record.stages if s.key in within and s.kind == "sum_of_children"]
+
+
+def boundness(eff: Efficiency | None) -> tuple[str, str] | None:
+    """(verdict, its source): the efficiency's `bound` label when given, else busy share / MBU."""
+    if eff is None:
+        return None
+    if eff.bound:
+        return eff.bound, "efficiency verdict"
+    busy, mbu = finite(eff.busy_share), finite(eff.mbu)
     if busy is not None and busy < LAUNCH_BOUND_BUSY_SHARE:
         return "launch", f"busy share below {LAUNCH_BOUND_BUSY_SHARE:.0%}"
     if mbu is not None and mbu >= MEMORY_BOUND_MBU:
@@ -135,15 +94,17 @@ def boundness(eff: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _efficiency_clauses(eff: Mapping[str, Any]) -> list[str]:
+def efficiency_clauses(eff: Efficiency | None) -> list[str]:
+    if eff is None:
+        return []
     clauses = []
-    busy, mbu, mfu = _finite(eff.get("busy_share")), _finite(eff.get("mbu")), _finite(eff.get("mfu"))
+    busy, mbu, mfu = finite(eff.busy_share), finite(eff.mbu), finite(eff.mfu)
     if busy is not None:
         clauses.append(f"the device is busy {busy:.0%} of the time")
     if mbu is not None:
-        clauses.append(f"MBU {mbu:.1%}")
+        clauses.append(f"MBU {pct(mbu)}")
     if mfu is not None:
-        clauses.append(f"MFU {mfu:.1%}")
+        clauses.append(f"MFU {pct(mfu)}")
     verdict = boundness(eff)
     if verdict is not None:
         label, source = verdict
@@ -151,121 +112,196 @@ def _efficiency_clauses(eff: Mapping[str, Any]) -> list[str]:
     return clauses
 
 
-def dominant_stage(metrics_json: Mapping[str, Any]) -> tuple[str, float] | None:
-    """(stage, share %) of the top-level stage with the largest mean, or None."""
-    means, whole, _ = end_to_end_shares(metrics_json)
-    if not means or whole is None:
+def _end_to_end(record: RunRecord) -> str | None:
+    shares = shares_of_children(record, E2E)
+    if shares is None:
         return None
-    stage = max(means, key=means.get)
-    return stage, percent(means[stage], whole)
+    e2e_mean = _mean(record.stage(E2E))
+    first, mean, share = shares[0]
+    text = (f"{_capital(first.label)} dominates end-to-end time: {pct(share)} "
+            f"({mean:.2f} ms of {e2e_mean:.2f} ms mean per request).")
+    for child, child_mean, child_share in shares[1:]:
+        text += f" {_capital(child.label)} takes {pct(child_share)} ({child_mean:.2f} ms)."
+    return text
 
 
-def _largest_operator(metrics_json: Mapping[str, Any], stage: str) -> dict | None:
-    # Ops directly in prefill exclude its sub-stages' ops: look at every stage nested in it too.
-    within = stages_within(metrics_json, stage)
-    candidates = [row for s, rows in (metrics_json.get("top_operators_by_stage") or {}).items() if s in within
-                  for row in rows if _finite(row.get("total_time_ms")) is not None]
-    return max(candidates, key=lambda r: r["total_time_ms"]) if candidates else None
-
-
-def derive_takeaways(metrics_json: Mapping[str, Any]) -> dict[str, str]:
-    """{topic: one sentence with its supporting numbers} (topics and rules in the module docstring)."""
-    takeaways: dict[str, str] = {}
-
-    means, whole, basis = end_to_end_shares(metrics_json)
-    if means and whole is not None:
-        ordered = sorted(means, key=means.get, reverse=True)
-        first = ordered[0]
-        text = (f"{first.capitalize()} dominates end-to-end time: {percent(means[first], whole):.1f}% "
-                f"({means[first]:.2f} ms of {whole:.2f} ms, {basis}).")
-        for other in ordered[1:]:
-            text += f" {other.capitalize()} takes {percent(means[other], whole):.1f}% ({means[other]:.2f} ms)."
-        takeaways["end_to_end"] = text
-
-    prefill_ms = stage_stat(metrics_json, "prefill")
-    for group in groups_in_prefill(metrics_json):
-        group_ms = stage_stat(metrics_json, group)
-        if group_ms is None or not prefill_ms:
-            continue
-        text = (f"{group.capitalize()} runs inside prefill and takes {percent(group_ms, prefill_ms):.1f}% of it "
-                f"({group_ms:.2f} of {prefill_ms:.2f} ms).")
-        subs = {s: v for s in substages(metrics_json, group) if (v := stage_stat(metrics_json, s)) is not None}
-        if subs and group_ms > 0:
-            top = max(subs, key=subs.get)
-            text += f" Within {group}, {top} dominates with {percent(subs[top], group_ms):.1f}% ({subs[top]:.2f} ms)."
-        takeaways[group] = text
-
-    tpot_p50, tpot_mean = stat(metrics_json, "tpot_ms", "p50"), stat(metrics_json, "tpot_ms")
-    if tpot_p50 is not None:
-        text = f"Decode costs {tpot_p50:.2f} ms per output token (TPOT p50; mean {tpot_mean:.2f} ms)"
-        rate = stat(metrics_json, "decode_tokens_per_s")
-        text += f", {rate:.1f} tokens/s per sequence." if rate is not None else "."
-        clauses = _efficiency_clauses(efficiency_of(metrics_json, "decode"))
-        if clauses:
-            text += " During decode " + "; ".join(clauses) + "."
-        takeaways["decode"] = text
-
-    prefill_clauses = _efficiency_clauses(efficiency_of(metrics_json, "prefill"))
-    if prefill_clauses and prefill_ms is not None:
-        takeaways["prefill"] = f"Prefill (TTFT {prefill_ms:.2f} ms mean): " + "; ".join(prefill_clauses) + "."
-
-    dominant = dominant_stage(metrics_json)
-    top = _largest_operator(metrics_json, dominant[0]) if dominant else None
+def _group(record: RunRecord, group: StageRecord) -> str | None:
+    parent = record.stage(group.parent) if group.parent else None
+    group_ms, parent_ms, share = _mean(group), _mean(parent), share_of_parent(record, group)
+    if parent is None or group_ms is None or parent_ms is None or share is None:
+        return None
+    text = (f"{_capital(group.label)} runs inside {parent.label} and takes {pct(share)} of it "
+            f"({group_ms:.2f} of {parent_ms:.2f} ms).")
+    top = dominant_child(record, group.key)
     if top is not None:
-        stage = dominant[0]
-        text = (f"The largest operator in {stage} is {top['name']} (stage {top.get('stage', 'n/a')}): "
-                f"{top['total_time_ms']:.2f} ms total over {top.get('calls', 'n/a')} calls in the profiled pass")
-        stage_total = profiled_stage_total_ms(metrics_json, stage)
-        if stage_total:
-            text += f", {percent(top['total_time_ms'], stage_total):.1f}% of {stage}'s profiled time"
-        takeaways["operators"] = text + "."
+        child, child_share = top
+        text += (f" Within {group.label}, {child.label} dominates with {pct(child_share)} "
+                 f"({_mean(child):.2f} ms).")
+    return text
 
-    headline = headline_overheads(metrics_json)
-    if headline:
-        parts = [f"{label} {ratio:.2f}x ({name})" for label, (name, ratio) in headline.items()]
-        takeaways["profiler_overhead"] = (
-            "Under the profiler, " + " and ".join(parts) + " of their timed times; operator milliseconds carry "
-            "that inflation, their shares within a stage much less."
-        )
+
+def _decode(record: RunRecord) -> str | None:
+    decode = record.stage(DECODE)
+    tpot_p50, tpot_mean = _mean(decode, "tpot_ms", "p50"), _mean(decode, "tpot_ms")
+    if tpot_p50 is None or tpot_mean is None:
+        return None
+    text = f"Decode costs {tpot_p50:.2f} ms per output token (TPOT p50; mean {tpot_mean:.2f} ms)"
+    rate = _mean(decode, "tokens_per_s")
+    text += f", {rate:.1f} tokens/s per sequence." if rate is not None else "."
+    clauses = efficiency_clauses(decode.efficiency)
+    if clauses:
+        text += " During decode " + "; ".join(clauses) + "."
+    return text
+
+
+def _prefill(record: RunRecord) -> str | None:
+    prefill = record.stage(PREFILL)
+    ttft = _mean(prefill)
+    clauses = efficiency_clauses(prefill.efficiency) if prefill is not None else []
+    if ttft is None or not clauses:
+        return None
+    return f"Prefill (TTFT {ttft:.2f} ms mean): " + "; ".join(clauses) + "."
+
+
+def top_operator(record: RunRecord, stage: StageRecord) -> tuple[str, int, float, float | None] | None:
+    """(name, calls, total ms, share of the stage's profiled time or None) of the stage's largest operator."""
+    rows = [row for key, rows in record.top_operators_by_stage.items()
+            if (resolved := resolve_stage(record, key)) is not None and resolved.key == stage.key
+            for row in rows if finite(row.total_time_ms) is not None]
+    if not rows:
+        return None
+    top = max(rows, key=lambda row: row.total_time_ms)
+    whole = finite(stage.profiled.profiled_ms) if stage.profiled is not None else None
+    share = top.total_time_ms / whole if whole else None
+    return top.name, top.calls, top.total_time_ms, share
+
+
+def _operators(record: RunRecord) -> dict[str, str]:
+    takeaways = {}
+    for stage in record.stages:
+        top = top_operator(record, stage)
+        if top is None:
+            continue
+        name, calls, total, share = top
+        where = (f"directly in {stage.label} (outside the stages nested in it)" if record.children(stage.key)
+                 else f"in {stage.label}")
+        text = f"The largest operator {where} is {name}: {total:.2f} ms total over {calls} calls in the profiled pass"
+        if share is not None:
+            text += f", {pct(share)} of {stage.label}'s profiled time ({stage.profiled.profiled_ms:.2f} ms)"
+        takeaways[f"top operator, {stage.label}"] = text + "."
     return takeaways
 
 
-def derive_recommendations(metrics_json: Mapping[str, Any]) -> dict[str, str]:
+def headline_overheads(record: RunRecord) -> dict[str, float]:
+    """{label: profiler overhead ratio} of prefill and a decode step, the stages long enough to time well."""
+    result = {}
+    for key, label in ((PREFILL, "prefill"), (DECODE, "a decode step")):
+        stage = record.stage(key)
+        ratio = finite(stage.profiled.profiler_overhead_ratio) if stage and stage.profiled else None
+        if ratio is not None:
+            result[label] = ratio
+    return result
+
+
+def _coverage(record: RunRecord) -> str | None:
+    low = [(stage, share) for stage in record.stages
+           if stage.profiled is not None and stage.efficiency is not None and finite(stage.efficiency.mfu) is not None
+           and (share := finite(stage.profiled.no_formula_share)) is not None and share > HIGH_NO_FORMULA_SHARE]
+    if not low:
+        return None
+    listed = ", ".join(f"{stage.label} {share:.0%}" for stage, share in low)
+    return (f"FLOP counts cover little of the profiled time in {listed} (time in operators without a FLOP "
+            f"formula, above {HIGH_NO_FORMULA_SHARE:.0%}): MFU there understates the work done.")
+
+
+def _energy(record: RunRecord) -> str | None:
+    e2e, decode = record.stage(E2E), record.stage(DECODE)
+    per_page = finite(e2e.energy_j.get("mean")) if e2e is not None else None
+    per_token = finite(decode.energy_j.get("per_token")) if decode is not None else None
+    parts = []
+    if per_page is not None:
+        parts.append(f"{per_page:.2f} J per page end to end")
+    if per_token is not None:
+        parts.append(f"{per_token:.3f} J per output token in decode")
+    if not parts:
+        return None
+    text = "Energy: " + ", ".join(parts)
+    power = finite(record.device.get("power_w_mean"))
+    return text + (f"; the GPU drew {power:.1f} W on average." if power is not None else ".")
+
+
+def derive_takeaways(record: RunRecord) -> dict[str, str]:
+    """{topic: one sentence with its supporting numbers} (topics and rules in the module docstring)."""
+    takeaways: dict[str, str] = {}
+    end_to_end = _end_to_end(record)
+    if end_to_end:
+        takeaways["end_to_end"] = end_to_end
+    for group in groups_in(record, PREFILL):
+        text = _group(record, group)
+        if text:
+            takeaways[group.label] = text
+    for topic, text in (("decode", _decode(record)), ("prefill", _prefill(record))):
+        if text:
+            takeaways[topic] = text
+    takeaways.update(_operators(record))
+    headline = headline_overheads(record)
+    if headline:
+        parts = [f"{label} {ratio:.2f}x" for label, ratio in headline.items()]
+        takeaways["profiler_overhead"] = (
+            "Under the profiler, " + " and ".join(parts) + " of their timed times; operator milliseconds carry "
+            "that inflation, their shares within a stage much less.")
+    for topic, text in (("flop_coverage", _coverage(record)), ("energy", _energy(record))):
+        if text:
+            takeaways[topic] = text
+    return takeaways
+
+
+def _decode_recommendation(record: RunRecord, share: float) -> str:
+    decode = record.stage(DECODE)
+    text = f"Optimise decode first: it is {pct(share)} of end-to-end time."
+    eff = decode.efficiency if decode is not None else None
+    verdict = boundness(eff)
+    busy = finite(eff.busy_share) if eff is not None else None
+    mbu = finite(eff.mbu) if eff is not None else None
+    if verdict is not None and verdict[0] == "launch":
+        busy_text = f"the device busy only {busy:.0%} of decode" if busy is not None else "decode launch-bound"
+        text += (f" With {busy_text}, cut per-token launch overhead: CUDA graphs (torch.compile "
+                 "mode='reduce-overhead') or more sequences per batch.")
+    elif mbu is not None and mbu >= MEMORY_BOUND_MBU:
+        text += (f" At MBU {mbu:.0%} decode is limited by memory traffic: lower-precision weights / KV "
+                 "cache or larger batches raise tokens/s.")
+    return text
+
+
+def _prefill_recommendation(record: RunRecord, share: float) -> str:
+    text = f"Optimise prefill (time to first token) first: it is {pct(share)} of end-to-end time."
+    prefill = record.stage(PREFILL)
+    for group in record.children(PREFILL):
+        group_share = share_of_parent(record, group)
+        if group.kind != "sum_of_children" or group_share is None or group_share < DOMINANT_GROUP_SHARE:
+            continue
+        top = dominant_child(record, group.key)
+        part = top[0].label if top is not None else group.label
+        text += f" {_capital(group.label)} is {pct(group_share)} of {prefill.label} and {part} its largest part"
+        image_mode = (record.workload.model_extra or {}).get("image_mode")
+        text += (f": fewer or smaller image views (image mode now: {image_mode}) cut it most." if image_mode
+                 else ": work on it first.")
+    return text
+
+
+def derive_recommendations(record: RunRecord) -> dict[str, str]:
     """{topic: recommendation} that follow from the same numbers as derive_takeaways."""
     recommendations: dict[str, str] = {}
-    dominant = dominant_stage(metrics_json)
+    dominant = dominant_child(record, E2E)
     if dominant is not None:
         stage, share = dominant
-        if stage == "decode":
-            text = f"Optimise decode first: it is {share:.1f}% of end-to-end time."
-            eff = efficiency_of(metrics_json, "decode")
-            busy, mbu = _finite(eff.get("busy_share")), _finite(eff.get("mbu"))
-            verdict = boundness(eff)
-            if verdict is not None and verdict[0] == "launch":
-                busy_text = f"the device busy only {busy:.0%} of decode" if busy is not None else "decode launch-bound"
-                text += (f" With {busy_text}, cut per-token launch overhead: CUDA graphs (torch.compile "
-                         "mode='reduce-overhead') or more sequences per batch.")
-            elif mbu is not None and mbu >= MEMORY_BOUND_MBU:
-                text += (f" At MBU {mbu:.0%} decode is limited by memory traffic: lower-precision weights / KV "
-                         "cache or larger batches raise tokens/s.")
-            recommendations["decode"] = text
-        else:
-            text = f"Optimise prefill (time to first token) first: it is {share:.1f}% of end-to-end time."
-            prefill_ms = stage_stat(metrics_json, "prefill")
-            for group in groups_in_prefill(metrics_json):
-                group_ms = stage_stat(metrics_json, group)
-                if group_ms is None or not prefill_ms or group_ms / prefill_ms < 0.5:
-                    continue
-                subs = {s: v for s in substages(metrics_json, group) if (v := stage_stat(metrics_json, s)) is not None}
-                top = max(subs, key=subs.get) if subs else group
-                mode = (metrics_json.get("workload") or {}).get("image_mode")
-                text += (f" {group.capitalize()} is {percent(group_ms, prefill_ms):.1f}% of prefill and {top} its "
-                         f"largest part: fewer or smaller image views (image mode now: {mode or 'n/a'}) cut it most.")
-            recommendations["prefill"] = text
-
-    worst = max(headline_overheads(metrics_json).items(), key=lambda item: item[1][1], default=None)
-    if worst is not None and worst[1][1] >= INFLATED_OVERHEAD:
-        label, (name, ratio) = worst
+        if stage.key == DECODE:
+            recommendations["decode"] = _decode_recommendation(record, share)
+        elif stage.key == PREFILL:
+            recommendations["prefill"] = _prefill_recommendation(record, share)
+    worst = max(headline_overheads(record).items(), key=lambda item: item[1], default=None)
+    if worst is not None and worst[1] >= INFLATED_OVERHEAD:
+        label, ratio = worst
         recommendations["profiling"] = (f"Read operator times as shares, not milliseconds: under the profiler "
-                                        f"{label} took {ratio:.2f}x its timed time ({name}).")
+                                        f"{label} took {ratio:.2f}x its timed time.")
     return recommendations

@@ -1,4 +1,8 @@
-"""Hydra main for `llm-perf-opt compare` and the MLproject `compare` entry point: wiring only."""
+"""Hydra main for `llm-perf-opt compare` and the MLproject `compare` entry point: wiring only.
+
+Composition (conf/compare.yaml against llm_perf_opt.config.CompareConfig) happens before the task;
+`validate` then checks ranges. Bad input ends as one `error: ...` line and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,17 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from llm_perf_opt.config import COMPARE_CONFIG, CONF_DIR, expand_overrides, run_hydra_main, task_started, validate
 from llm_perf_opt.errors import InputError
-from llm_perf_opt.paths import CONF_DIR
 
 
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
-def main(cfg: DictConfig) -> None:
-    from llm_perf_opt.compare import run_comparison
-
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=COMPARE_CONFIG)
+def compare_main(cfg: DictConfig) -> None:
+    task_started()
     try:
+        validate(cfg)
+        from llm_perf_opt.compare import run_comparison
+
         outcome = run_comparison(cfg, Path(HydraConfig.get().runtime.output_dir))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -32,8 +37,10 @@ def main(cfg: DictConfig) -> None:
         sys.exit(3)
 
 
-if __name__ == "__main__":
-    from llm_perf_opt.cli import expand_overrides
+def main() -> None:
+    run_hydra_main(compare_main)
 
+
+if __name__ == "__main__":
     sys.argv = [sys.argv[0], *expand_overrides(sys.argv[1:])]
     main()

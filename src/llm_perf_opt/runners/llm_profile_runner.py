@@ -1,4 +1,9 @@
-"""Hydra main for `llm-perf-opt profile` and the MLproject `main` entry point: wiring only."""
+"""Hydra main for `llm-perf-opt profile` and the MLproject `main` entry point: wiring only.
+
+Composition (conf/config.yaml against the schemas of llm_perf_opt.config) happens before the task;
+`validate` then checks ranges before anything is built. Both kinds of bad input end as one
+`error: ...` line on stderr and exit status 2 (llm_perf_opt.config.run_hydra_main).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,17 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from llm_perf_opt.config import CONF_DIR, PROFILE_CONFIG, expand_overrides, run_hydra_main, task_started, validate
 from llm_perf_opt.errors import InputError
-from llm_perf_opt.paths import CONF_DIR
 
 
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    from llm_perf_opt.profile_run import run_profile
-
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=PROFILE_CONFIG)
+def profile_main(cfg: DictConfig) -> None:
+    task_started()
     try:
+        validate(cfg)  # before torch and transformers load: --help, --cfg and bad input stay fast
+        from llm_perf_opt.runners.profile import run_profile
+
         outcome = run_profile(cfg, Path(HydraConfig.get().runtime.output_dir))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -34,8 +40,10 @@ def main(cfg: DictConfig) -> None:
         sys.exit(3)
 
 
-if __name__ == "__main__":
-    from llm_perf_opt.cli import expand_overrides
+def main() -> None:
+    run_hydra_main(profile_main)
 
+
+if __name__ == "__main__":
     sys.argv = [sys.argv[0], *expand_overrides(sys.argv[1:])]
     main()

@@ -6,10 +6,10 @@ Layout (docs/metrics.md describes each file):
   workload.json        what ran: family, preset, routing, image mode, each input's token counts
   samples.csv          one row per input x repeat (all times in ms)
   decode_steps.csv     one row per decode step of every sample (decode_step_ms)
-  metrics.json         summary statistics and the flat metric dict logged to MLflow
+  metrics.json         the run record (llm_perf_opt.record.RunRecord): stages, statistics, costs, rates, metrics
   counts.json          counted FLOPs and analytic FLOPs/bytes per input and stage
   trace.json.gz        the profiled pass's Chrome trace (Perfetto, chrome://tracing, HTA)
-  operators.csv/.md    operators by stage; kernels.csv on a GPU
+  operators.csv        operators by stage; kernels.csv on a GPU; operators.md (reports)
   report.md            the technical report; stakeholder_summary.md the plain-language one
   roofline.png         stages against the device's roofs (when peaks are known)
   nvml_timeline.csv    power/clock samples (GPU with NVML); energy_samples.csv per sample
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from llm_perf_opt.record import RECORD_FILE, RunRecord, save
 
 
 def _jsonable(value: Any) -> Any:
@@ -61,3 +63,6 @@ class RunDirectory:
         target = self.file(name)
         frame.to_csv(target, index=False)
         return target
+
+    def write_record(self, record: RunRecord) -> Path:
+        return save(record, self.file(RECORD_FILE))
