@@ -184,6 +184,18 @@ def test_target_factory_workload_with_its_stage_map(tmp_path, tracking_uri):
         ("body", "prefill"), ("body_layers", "body"), ("body_lm_head", "body")]
 
 
+def test_a_users_factory_taking_only_device_and_dtype_needs_no_other_override(tmp_path, tracking_uri):
+    outcome = _run(tmp_path, tracking_uri, "model=custom", "model.factory._target_=user_factories.tiny_mlp.build",
+                   "model.prompt_tokens=16")
+    assert outcome.status == "FINISHED", outcome.error
+    run = record.load(outcome.run_dir)
+    assert run.workload.preset == "user_factories.tiny_mlp.build"
+    # Counted FLOPs of the module: 2 * tokens * (hidden^2 + hidden * vocab) per forward, no KV cache.
+    assert run.stage("prefill").flops == 2 * 16 * (32 * 32 + 32 * 128)
+    assert run.stage("decode").flops == 2 * (32 * 32 + 32 * 128)
+    assert run.stage("prefill").stats["ms"].count == 2
+
+
 def test_omnidocbench_pages_run_tiled(tmp_path, tracking_uri, demo_root):
     outcome = _run(tmp_path, tracking_uri, "dataset=omnidocbench", f"dataset.root={demo_root}", "dataset.limit=2",
                    "model.image_mode=tiled", "profiling.repeats=1")
