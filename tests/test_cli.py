@@ -70,7 +70,8 @@ def test_config_errors_are_one_line_and_exit_2(tmp_path, command, override, expe
 
 def test_config_composes_from_the_package_outside_the_checkout(tmp_path):
     # As MLproject runs it (PYTHONPATH=src python -m llm_perf_opt), started from another directory.
-    env = dict(_env(tmp_path), PYTHONPATH=str(REPO_ROOT / "src"))
+    inherited = os.environ.get("PYTHONPATH")  # hosts that provide packages through PYTHONPATH keep them
+    env = dict(_env(tmp_path), PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT / "src"), inherited])))
     result = subprocess.run([sys.executable, "-m", "llm_perf_opt", "profile", "--cfg", "job", "model=custom",
                              "model.factory._target_=my_module.build"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)

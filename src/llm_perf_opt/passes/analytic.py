@@ -16,7 +16,8 @@ Conventions (the same as the counted pass in `flops.py`, so that the two agree):
 - MoE: the router GEMM for every token, k routed experts per token, the shared experts for every
   token. The FLOPs do not depend on which experts are picked.
 
-Bytes (for MBU), with `dtype_bytes` per weight element (DeepSeek routers stay fp32: 4 bytes):
+Bytes (for MBU), with `dtype_bytes` per weight element (router weights at the size the model really keeps
+them: fp32 in recent transformers for DeepSeek, read from the model when one is given):
 - bytes_read: the weights a stage touches, once per call of the module (the vision tower runs once
   for the global view and once for the batch of tiles, so its weights count twice with tiles); the
   embedding rows gathered (T rows, not the table); MoE experts: per MoE layer the expected number of
@@ -31,6 +32,7 @@ Bytes (for MBU), with `dtype_bytes` per weight element (DeepSeek routers stay fp
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 
 from llm_perf_opt.models.linear_stack import LinearStack
+from llm_perf_opt.models.moe_routing import find_routers
 
 ATTENTION_CONVENTIONS = ("dense", "masked")
 VISION_STAGES = ("vision_sam", "vision_encoder", "vision_projector")
@@ -355,11 +358,15 @@ def _decode_stages(step_costs: list[StageCost]) -> dict[str, StageCost]:
     return stages
 
 
+def _with_router_bytes(spec: DecoderSpec, router_bytes: int | None) -> DecoderSpec:
+    return dataclasses.replace(spec, router_bytes=router_bytes) if router_bytes else spec
+
+
 def decoder_costs(config, *, prompt_tokens: int, new_tokens: int, dtype_bytes: int, attention: str = "dense",
-                  prefill_logit_positions: int = 1) -> dict[str, StageCost]:
+                  prefill_logit_positions: int = 1, router_bytes: int | None = None) -> dict[str, StageCost]:
     """Generic decoder LM: prefill over the prompt, then new_tokens - 1 decode steps (as the timed pass)."""
     _check_attention(attention)
-    spec = decoder_spec(config)
+    spec = _with_router_bytes(decoder_spec(config), router_bytes)
     stages = {"prefill": decoder_pass_cost(spec, prompt_tokens, 0, prefill_logit_positions, dtype_bytes, attention)}
     steps = [decoder_pass_cost(spec, 1, prompt_tokens + i, 1, dtype_bytes, attention) for i in range(new_tokens - 1)]
     stages.update(_decode_stages(steps))
@@ -397,10 +404,11 @@ def vision_costs(config, views: VisionViews, dtype_bytes: int, attention: str) -
 
 
 def deepseek_ocr2_costs(config, *, prompt_tokens: int, new_tokens: int, dtype_bytes: int,
-                        views: VisionViews | None, attention: str = "dense") -> dict[str, StageCost]:
+                        views: VisionViews | None, attention: str = "dense",
+                        router_bytes: int | None = None) -> dict[str, StageCost]:
     """Prefill = vision sub-stages (nested in it) + text decoder over the whole prompt + lm_head (1 row)."""
     _check_attention(attention)
-    spec = decoder_spec(config.text_config)
+    spec = _with_router_bytes(decoder_spec(config.text_config), router_bytes)
     text_prefill = decoder_pass_cost(spec, prompt_tokens, 0, 1, dtype_bytes, attention)
     stages: dict[str, StageCost] = {}
     if views is not None:
@@ -466,9 +474,12 @@ def analytic_costs(
     """
     if prompt_tokens < 1 or new_tokens < 1:
         raise ValueError(f"prompt_tokens={prompt_tokens} and new_tokens={new_tokens} must be >= 1")
-    config = source
+    config, router_bytes = source, None
     model = source if isinstance(source, nn.Module) else getattr(source, "model", None)  # a Workload has .model
     if isinstance(model, nn.Module):
+        # The dtype routers are really kept in: transformers versions differ (fp32 or the model's dtype).
+        routers = find_routers(model)
+        router_bytes = routers[0].weight.element_size() if routers else None
         if isinstance(model, LinearStack):
             return linear_stack_costs(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
                                       dtype_bytes=dtype_bytes)
@@ -477,12 +488,12 @@ def analytic_costs(
             raise UnsupportedArchitecture(f"{type(model).__name__} has no transformers config to derive costs from")
     if getattr(config, "model_type", None) == "deepseek_ocr2":
         return deepseek_ocr2_costs(config, prompt_tokens=prompt_tokens, new_tokens=new_tokens, dtype_bytes=dtype_bytes,
-                                   views=views, attention=attention)
+                                   views=views, attention=attention, router_bytes=router_bytes)
     if hasattr(config, "text_config") and getattr(config, "vision_config", None) is not None:
         raise UnsupportedArchitecture(
             f"{config.model_type}: only DeepSeek-OCR-2 is modelled among vision-language models")
     return decoder_costs(config, prompt_tokens=prompt_tokens, new_tokens=new_tokens, dtype_bytes=dtype_bytes,
-                         attention=attention)
+                         attention=attention, router_bytes=router_bytes)
 
 
 def views_of(model_inputs: dict[str, Any]) -> VisionViews | None:

@@ -34,14 +34,8 @@ def parent_of(record: RunRecord, stage: StageRecord) -> StageRecord | None:
 
 
 def share_of_parent(record: RunRecord, stage: StageRecord) -> float | None:
-    """The record's share_of_parent; when it is absent, mean ms / the parent's mean ms (both measured)."""
-    if stage.share_of_parent is not None:
-        return stage.share_of_parent
-    parent = parent_of(record, stage)
-    mean, parent_mean = stage.mean(), parent.mean() if parent is not None else None
-    if mean is None or parent_mean is None or parent_mean <= 0:
-        return None
-    return mean / parent_mean
+    """The stage's share of its parent's mean time, as the record holds it (None: not computable)."""
+    return stage.share_of_parent
 
 
 def resolve_stage(record: RunRecord, name: Any) -> StageRecord | None:
