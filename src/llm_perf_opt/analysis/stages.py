@@ -30,5 +30,8 @@ def add_group_columns(frame: pd.DataFrame, tree: StageTree, quantity: str = "ms"
     for group in tree.bottom_up_groups():
         children = [column(child.key, quantity) for child in tree.children(group.key)]
         if children and all(name in frame.columns for name in children):
-            frame[column(group.key, quantity)] = frame[children].sum(axis=1, min_count=len(children))
+            total = frame[children].sum(axis=1, min_count=len(children))
+            # Right after the group's children: samples.csv reads in stage order.
+            after = max(frame.columns.get_loc(name) for name in children)
+            frame.insert(after + 1, column(group.key, quantity), total)
     return frame
