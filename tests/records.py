@@ -169,7 +169,8 @@ def build_record(
             by_stage[key] = rows
     record = RunRecord(
         status=status, error=error,
-        run=RunInfo(run_dir="runs/test", mlflow_run_id="0123abcd", started_at="2026-01-01T00:00:00+00:00",
+        run=RunInfo(
+        run_dir="runs/test", run_uid="test-run", mlflow_run_id="0123abcd", started_at="2026-01-01T00:00:00+00:00",
                     finished_at="2026-01-01T00:01:00+00:00"),
         workload=WorkloadInfo(family="deepseek_ocr2", preset="full", dtype="bf16", device="cuda:0",
                               new_tokens=new_tokens, warmup=1, repeats=samples,

@@ -175,7 +175,8 @@ def synthetic_record(samples: pd.DataFrame, steps: pd.DataFrame, run_dir: str, t
         stages.append(StageRecord(key=stage.key, parent=stage.parent, label=stage.label, kind=stage.kind,
                                   time_quantity=stage.time_quantity, cost_prefix=stage.cost_prefix, stats=stats,
                                   efficiency=efficiency))
-    built = RunRecord(status="FINISHED", run=RunInfo(run_dir=run_dir, started_at="2024-01-01T00:00:00"),
+    built = RunRecord(status="FINISHED", run=RunInfo(
+        run_dir=run_dir, run_uid="test-run", started_at="2024-01-01T00:00:00"),
                       workload=WorkloadInfo(family="synthetic", dtype="float32", device="cpu",
                                             new_tokens=NEW_TOKENS, warmup=0, repeats=4,
                                             inputs=[InputInfo(input_id="page-0", prompt_tokens=64),

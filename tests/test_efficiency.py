@@ -83,7 +83,8 @@ def test_bound_verdicts():
 
 def _record(tree: StageTree, **parts):
     workload = WorkloadInfo(family="test", dtype="fp32", device="cpu", new_tokens=8, warmup=0, repeats=2, inputs=[])
-    return build_record(RunParts(tree=tree, run=RunInfo(run_dir="run", started_at="t0"), workload=workload, env={},
+    return build_record(RunParts(tree=tree, run=RunInfo(
+        run_dir="run", run_uid="test-run", started_at="t0"), workload=workload, env={},
                                  **parts))
 
 

@@ -242,7 +242,8 @@ def test_energy_per_stage_switches_to_the_counter_for_long_windows():
 def _record_of(report):
     """The run record holding only this energy report (no samples, no costs)."""
     workload = WorkloadInfo(family="test", dtype="bf16", device="cuda", new_tokens=5, warmup=0, repeats=2, inputs=[])
-    return build_record(RunParts(tree=StageTree.from_paths([]), run=RunInfo(run_dir="run", started_at="t0"),
+    return build_record(RunParts(tree=StageTree.from_paths([]), run=RunInfo(
+        run_dir="run", run_uid="test-run", started_at="t0"),
                                  workload=workload, env={}, energy=report))
 
 

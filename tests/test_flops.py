@@ -224,7 +224,8 @@ def test_counted_pass_stage_costs_groups_e2e_and_metric_names(deepseek_global768
 
     workload = WorkloadInfo(family="deepseek_ocr2", dtype="fp32", device="cpu", new_tokens=new_tokens, warmup=0,
                             repeats=1, inputs=[])
-    record = build_record(RunParts(tree=deepseek_global768.stages, run=RunInfo(run_dir="run", started_at="t0"),
+    record = build_record(RunParts(tree=deepseek_global768.stages, run=RunInfo(
+        run_dir="run", run_uid="test-run", started_at="t0"),
                                    workload=workload, env={}, stage_costs=costs,
                                    measured_over_analytic=result.measured_over_analytic))
     metrics = record.metrics

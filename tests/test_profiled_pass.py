@@ -199,7 +199,8 @@ def trace_events(profiled):
 def _record(tree: StageTree, **parts):
     """The run record assembled from `parts` alone (everything else absent)."""
     workload = WorkloadInfo(family="test", dtype="fp32", device="cpu", new_tokens=3, warmup=0, repeats=1, inputs=[])
-    return build_record(RunParts(tree=tree, run=RunInfo(run_dir="run", started_at="2025-01-01T00:00:00+00:00"),
+    return build_record(RunParts(tree=tree, run=RunInfo(
+        run_dir="run", run_uid="test-run", started_at="2025-01-01T00:00:00+00:00"),
                                  workload=workload, env={}, **parts))
 
 

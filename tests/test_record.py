@@ -30,7 +30,7 @@ def _record() -> RunRecord:
     by_key["decode"].stats = {"tpot_ms": _stats(2.0)}
     by_key["decode"].flops = 1e9
     by_key["decode"].efficiency = Efficiency(time_ms=2.0, mfu=float("nan"), mbu=0.25, bound="memory")
-    rec = RunRecord(status="FINISHED", run=RunInfo(run_dir="/r", started_at="t"),
+    rec = RunRecord(status="FINISHED", run=RunInfo(run_dir="/r", run_uid="test-run", started_at="t"),
                     workload=WorkloadInfo(family="f", dtype="fp32", device="cpu", new_tokens=2, warmup=0, repeats=1,
                                           inputs=[]), env={}, samples=1, stages=stages)
     rec.metrics = record.flat_metrics(rec)

@@ -28,8 +28,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import secrets
 import shlex
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -335,6 +337,13 @@ SCHEMAS: tuple[tuple[str | None, str, type], ...] = (
 )
 
 
+# One short random suffix per process for run directory names (`${uid:}` in conf/config.yaml): two runs
+# started in the same second get different directories. A sweep's jobs are told apart by their job number.
+_PROCESS_UID = secrets.token_hex(4)
+if not OmegaConf.has_resolver("uid"):
+    OmegaConf.register_new_resolver("uid", lambda: _PROCESS_UID)
+
+
 def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (done on import; storing again replaces, harmless)."""
     store = ConfigStore.instance()
@@ -523,6 +532,9 @@ def compose_error_line(exc: BaseException) -> str:
 
     if isinstance(exc, OverrideParseException):
         return f"cannot parse override '{exc.override}': {'; '.join(_lines(exc.message))}"
+    if isinstance(exc, OSError) and exc.filename:  # Hydra creating the run directory (or its log file)
+        return (f"cannot create {exc.filename} ({exc.strerror}): set LLM_PERF_OPT_RUNS_DIR (or hydra.run.dir=...) "
+                "to a writable directory")
     lines = _lines(str(exc)) or [type(exc).__name__]
     cause = exc.__cause__
     if isinstance(cause, OmegaConfBaseException) and _lines(str(cause)):
@@ -544,6 +556,8 @@ def run_hydra_main(task: Callable[[], None]) -> None:
     Hydra reports composition errors itself, over several lines and with exit status 1; with
     HYDRA_FULL_ERROR=1 it raises them instead, so this sets it until the task starts (`task_started()`).
     """
+    # On the command line a warning is one line (`warning: ...`), not Python's file:line + source line.
+    warnings.formatwarning = lambda message, category, *_args, **_kwargs: f"warning: {message}\n"
     if os.environ.get(_FULL_ERROR) == "1":  # the user asked for Hydra's full reporting
         task()
         return

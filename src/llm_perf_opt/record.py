@@ -115,10 +115,13 @@ class RunInfo(_Model):
     """Where the run lives: its directory, its MLflow run and store, when it started and ended (UTC ISO 8601)."""
 
     run_dir: str
+    run_uid: str                            # unique id of this run (tag llm_perf_opt.run_uid): log-run finds it by it
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     started_at: str
+    first_sample_at: str | None = None      # when the first timed sample ended
     finished_at: str | None = None
+    phase: str | None = None                # the step running when the run ended early (timed, counted, ...)
 
 
 class InputInfo(_Model):

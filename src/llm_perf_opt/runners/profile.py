@@ -5,17 +5,23 @@
     passes: timed (+ NVML sampler alongside), counted, profiled; each result written to disk as it comes
     assemble the run record (assembly.py), write metrics.json, the reports, and mirror it all to MLflow
 
-The run directory is the truth and is written first; MLflow mirrors it. A failure after the MLflow run
-has started keeps every sample measured so far, writes error.txt, marks metrics.json FAILED and ends
-the MLflow run FAILED.
+The run directory is the truth and is written first; MLflow mirrors it. One lifecycle boundary holds
+everything after the MLflow run starts: an exception ends the run FAILED, SIGINT/SIGTERM/SIGHUP end it
+KILLED (runners/lifecycle.py), and either way the samples measured so far, a metrics.json saying how
+far the run got (status, error, phase) and error.txt are written, and the MLflow run ends with the same
+status. Each finishing step (samples.csv, the record, metrics.json, the reports, the MLflow mirror) is
+guarded on its own: one that fails (a full disk included) marks the run FAILED and the rest still runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import sys
 import traceback
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +35,7 @@ from llm_perf_opt.analysis.peaks import lookup_peaks, with_calibration
 from llm_perf_opt.assembly import ProfiledTables, RunParts, build_record
 from llm_perf_opt.config import PROJECT_ROOT, validate
 from llm_perf_opt.data import load_pages
+from llm_perf_opt.errors import RunInterrupted
 from llm_perf_opt.models import build_workload
 from llm_perf_opt.models.workload import Workload, resolve_device
 from llm_perf_opt.passes.calibration import calibrate, matmul_dtype
@@ -40,6 +47,7 @@ from llm_perf_opt.passes.timed import TimedResult, TimedSample, iter_timed_sampl
 from llm_perf_opt.profiling.export import operator_summary_for_metrics
 from llm_perf_opt.record import ProfiledPassInfo, RunInfo, RunRecord, WorkloadInfo, record_tags
 from llm_perf_opt.reports import write_reports
+from llm_perf_opt.runners.lifecycle import interrupts
 from llm_perf_opt.sinks.run_directory import RunDirectory
 from llm_perf_opt.tracking.mlflow_tracker import MlflowTracker, flatten, resolve_tracking_uri
 
@@ -54,10 +62,21 @@ class ProfileOutcome:
     record: RunRecord
     error: str | None = None
     tracking_errors: list[str] = field(default_factory=list)
+    signal: int | None = None  # the signal that ended the run (status KILLED)
+    upload_hint: str | None = None  # the log-run command, when MLflow lacks part or all of the run
 
     @property
     def metrics(self) -> dict[str, float]:
         return self.record.metrics
+
+    @property
+    def exit_code(self) -> int:
+        """0 finished; 128 + signal when killed (130 SIGINT, 143 SIGTERM); 1 failed; 3 measured, MLflow failed."""
+        if self.status == "KILLED":
+            return 128 + (self.signal or 2)
+        if self.status != "FINISHED":
+            return 1
+        return 3 if self.tracking_errors else 0
 
 
 def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
@@ -65,21 +84,22 @@ def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
     validate(cfg)
     device = resolve_device(cfg.device)
     workload = build_workload(cfg.model, load_pages(cfg.dataset), device, int(cfg.seed))
-    out = RunDirectory(run_dir)
-    parts = _start_parts(cfg, workload, out)
-    tracker = _start_tracking(cfg, workload, parts, out)
-    parts.run.mlflow_run_id, parts.run.tracking_uri = tracker.run_id, tracker.uri
-    timed: list[TimedSample] = []
-    try:
-        _measure(cfg, workload, parts, out, timed)
-        parts.status = "FINISHED"
-    except (Exception, KeyboardInterrupt) as exc:
-        _fail(parts, out, exc, f"profiling failed after {len(timed)} samples")
-    finally:
-        _keep_samples(workload, parts, out, timed)
-    record = _finish_record(parts, out)
-    _mirror(tracker, record, out)
-    return ProfileOutcome(out.path, record.status, tracker.run_id, record, record.error, list(tracker.errors))
+    out = RunDirectory(run_dir, new_run=True)
+    with interrupts() as signals:
+        parts = _start_parts(cfg, workload, out)
+        tracker = MlflowTracker(resolve_tracking_uri(cfg.tracking.uri, Path.cwd()), cfg.tracking.experiment,
+                                bool(cfg.tracking.enabled))
+        timed: list[TimedSample] = []
+        try:  # from the MLflow run's start on, every way out ends it with the status the record gives
+            _start_tracking(tracker, cfg, workload, parts, out)
+            _measure(cfg, workload, parts, out, timed)
+            parts.status, parts.run.phase = "FINISHED", None
+        except BaseException as exc:  # exceptions, Ctrl-C and signals alike: what was measured is kept
+            _end_early(parts, out, exc, f"profiling stopped after {len(timed)} samples")
+        signals.defer()  # from here on a signal is remembered, not raised: the record is being written
+        record = _finish(workload, parts, out, timed, tracker)
+    return ProfileOutcome(out.path, record.status, tracker.run_id, record, record.error, list(tracker.errors),
+                          signals.received, tracker.upload_hint(out.path) if tracker.needs_upload else None)
 
 
 def _start_parts(cfg: DictConfig, workload: Workload, out: RunDirectory) -> RunParts:
@@ -98,30 +118,37 @@ def _start_parts(cfg: DictConfig, workload: Workload, out: RunDirectory) -> RunP
     peaks = lookup_peaks(env["device_name"], peak_dtype, cfg.hardware)
     if cfg.hardware.calibrate:
         peaks = with_calibration(peaks, calibrate(workload.device, peak_dtype), env["device_name"], peak_dtype)
-    run = RunInfo(run_dir=str(out.path), started_at=datetime.now(timezone.utc).isoformat())
+    run = RunInfo(run_dir=str(out.path), run_uid=uuid.uuid4().hex, started_at=_now())
     return RunParts(tree=workload.stages, run=run, workload=info, env=env, peaks=peaks,
                     launch_busy_share=float(cfg.hardware.launch_busy_share))
 
 
-def _start_tracking(cfg: DictConfig, workload: Workload, parts: RunParts, out: RunDirectory) -> MlflowTracker:
-    tracker = MlflowTracker(resolve_tracking_uri(cfg.tracking.uri, Path.cwd()), cfg.tracking.experiment,
-                            bool(cfg.tracking.enabled))
+def _start_tracking(tracker: MlflowTracker, cfg: DictConfig, workload: Workload, parts: RunParts,
+                    out: RunDirectory) -> None:
     info, env = workload.info, parts.env
     tracker.start(cfg.tracking.run_name or f"{workload.family}-{info.get('preset')}-{workload.device.type}", {
         "llm_perf_opt.kind": "profile", "model": workload.family, "preset": info.get("preset"),
         "device": env.get("device_name"), "dtype": info.get("dtype"), "torch": env.get("torch"),
         "driver_version": env.get("driver_version"), "git_sha": env.get("git_sha"), "run_dir": str(out.path),
+        "llm_perf_opt.run_uid": parts.run.run_uid,
     })
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params.update({f"workload.{k}": v for k, v in info.items() if not isinstance(v, (dict, list))})
     params["workload.num_inputs"] = len(workload.inputs)
     tracker.log_params(params)
-    return tracker
+    parts.run.mlflow_run_id, parts.run.tracking_uri = tracker.run_id, tracker.uri
 
 
 def _progress(setting: Any, total: int) -> tqdm:
     disable = None if str(setting).lower() == "auto" else not bool(setting)
     return tqdm(total=total, desc="profiling", unit="sample", disable=disable, file=sys.stderr, dynamic_ncols=True)
+
+
+def _energy_sampler(prof: DictConfig, workload: Workload, env: dict[str, Any]) -> NvmlSampler | None:
+    """The NVML sampler that runs alongside the timed pass (GPU, profiling.energy.enabled), else None."""
+    if not (bool(prof.energy.enabled) and workload.device.type == "cuda"):
+        return None
+    return NvmlSampler(env.get("device_index", 0), float(prof.energy.interval_ms))
 
 
 def _measure(cfg: DictConfig, workload: Workload, parts: RunParts, out: RunDirectory,
@@ -130,21 +157,26 @@ def _measure(cfg: DictConfig, workload: Workload, parts: RunParts, out: RunDirec
     `timed` as they are measured, so a failure later keeps them."""
     prof = cfg.profiling
     on_gpu = workload.device.type == "cuda"
-    sampler = NvmlSampler(parts.env.get("device_index", 0), float(prof.energy.interval_ms)) \
-        if bool(prof.energy.enabled) and on_gpu else None
+    sampler = _energy_sampler(prof, workload, parts.env)
     total = (int(prof.warmup) + int(prof.repeats)) * len(workload.inputs)
+    parts.run.phase = "timed"
     with sampler or contextlib.nullcontext(), _progress(prof.progress, total) as bar:
-        timed.extend(iter_timed_samples(workload, prof, bar))
+        for sample in iter_timed_samples(workload, prof, bar):
+            timed.append(sample)
+            parts.run.first_sample_at = parts.run.first_sample_at or _now()
     if sampler is not None and sampler.available:
+        parts.run.phase = "energy"
         out.write_csv("nvml_timeline.csv", sampler.timeline)
         parts.energy = energy_per_stage(sampler.timeline, TimedResult.from_samples(timed, workload).samples)
         if len(parts.energy.per_sample):
             out.write_csv("energy_samples.csv", parts.energy.per_sample)
     if bool(prof.counting.enabled):
+        parts.run.phase = "counted"
         counted = run_counted_pass(workload, prof.counting, int(prof.new_tokens))
         out.write_json("counts.json", counted.as_counts_json())
         parts.stage_costs, parts.measured_over_analytic = counted.stage_costs, counted.measured_over_analytic
     if bool(prof.operators.enabled):  # after the timed and counted passes, never inside them
+        parts.run.phase = "profiled"
         result = run_profiled_pass(workload, prof.operators, out.path)
         out.write_csv("operators.csv", result.operators)
         if on_gpu and len(result.kernels):
@@ -156,40 +188,89 @@ def _measure(cfg: DictConfig, workload: Workload, parts: RunParts, out: RunDirec
         parts.operator_summary = operator_summary_for_metrics(result.operators, int(prof.operators.top_n))
 
 
-def _fail(parts: RunParts, out: RunDirectory, exc: BaseException, what: str) -> None:
-    parts.status, parts.error = "FAILED", f"{type(exc).__name__}: {exc}"
-    out.write_text("error.txt", f"{parts.error}\n\n{traceback.format_exc()}")
-    log.error("%s: %s", what, parts.error)
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
 
 
-def _keep_samples(workload: Workload, parts: RunParts, out: RunDirectory, timed: list[TimedSample]) -> None:
-    frames = TimedResult.from_samples(timed, workload)
-    parts.samples, parts.decode_steps = frames.samples, frames.decode_steps
-    out.write_csv("samples.csv", frames.samples)
-    out.write_csv("decode_steps.csv", frames.decode_steps)
-
-
-def _finish_record(parts: RunParts, out: RunDirectory) -> RunRecord:
-    """metrics.json, then the reports rendered from it; a report failure marks the run FAILED."""
-    parts.run.finished_at = datetime.now(timezone.utc).isoformat()
-    record = build_record(parts)
-    out.write_record(record)
+def _end_early(parts: RunParts, out: RunDirectory, exc: BaseException, what: str) -> None:
+    """Status KILLED for a signal or Ctrl-C, FAILED otherwise (a KILLED run stays KILLED); error.txt."""
+    killed = isinstance(exc, (RunInterrupted, KeyboardInterrupt))
+    if parts.status != "KILLED":
+        parts.status = "KILLED" if killed else "FAILED"
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    parts.error = parts.error or (f"{text} during the {parts.run.phase} step" if parts.run.phase else text)
+    log.error("%s: %s", what, text)
     try:
-        write_reports(out.path)
-    except Exception as exc:  # measurements are on disk already; the run still says it is incomplete
-        _fail(parts, out, exc, "writing the reports failed")
-        record = record.model_copy(update={"status": parts.status, "error": f"report: {parts.error}"})
-        out.write_record(record)
+        with open(out.file("error.txt"), "a", encoding="utf-8") as handle:
+            handle.write(f"{text} (step: {parts.run.phase})\n\n{traceback.format_exc()}\n")
+    except OSError as write_error:
+        _report_write_error(out, "error.txt", write_error)
+
+
+def _report_write_error(out: RunDirectory, name: str, exc: OSError) -> None:
+    if exc.errno == errno.ENOSPC:
+        print(f"error: disk full while writing {name} in {out.path}: what was written before is kept; "
+              "free space, then upload the directory with llm-perf-opt log-run", file=sys.stderr)
+    else:
+        print(f"error: cannot write {name} in {out.path} ({exc.strerror or exc})", file=sys.stderr)
+
+
+def _step(parts: RunParts, out: RunDirectory, phase: str, action: Callable[[], Any], name: str) -> Any:
+    """One finishing step: a failure (a full disk included) marks the run FAILED; the next steps still run."""
+    try:
+        return action()
+    except Exception as exc:
+        if isinstance(exc, OSError):
+            _report_write_error(out, name, exc)
+        parts.run.phase = parts.run.phase or phase
+        _end_early(parts, out, exc, f"{phase} step ({name}) failed")
+        return None
+
+
+def _finish(workload: Workload, parts: RunParts, out: RunDirectory, timed: list[TimedSample],
+            tracker: MlflowTracker) -> RunRecord:
+    """samples.csv, the record (metrics.json), the reports, the MLflow mirror; the MLflow run always ends."""
+    record = None
+    try:
+        frames = TimedResult.from_samples(timed, workload)
+        parts.samples, parts.decode_steps = frames.samples, frames.decode_steps
+        _step(parts, out, "samples", lambda: out.write_csv("samples.csv", frames.samples), "samples.csv")
+        _step(parts, out, "samples", lambda: out.write_csv("decode_steps.csv", frames.decode_steps),
+              "decode_steps.csv")
+        parts.run.finished_at = _now()
+        record = _step(parts, out, "record", lambda: build_record(parts), "metrics.json")
+        record = record or _step(parts, out, "record", lambda: _timed_only_record(parts), "metrics.json")
+        record = record or _bare_record(parts)
+        _step(parts, out, "record", lambda: out.write_record(record), "metrics.json")
+        _step(parts, out, "reports", lambda: write_reports(out.path), "the reports")
+        if (record.status, record.error) != (parts.status, parts.error):  # a later step failed: say so on disk
+            record = record.model_copy(update={"status": parts.status, "error": parts.error, "run": parts.run})
+            _step(parts, out, "record", lambda: out.write_record(record), "metrics.json")
+        _step(parts, out, "tracking", lambda: _mirror(tracker, record, out), "tracking_error.txt")
+    finally:  # whatever happened above, the MLflow run ends, with the status the run directory gives
+        tracker.finish(parts.status if parts.status != "RUNNING" else "FAILED")
     return record
 
 
+def _timed_only_record(parts: RunParts) -> RunRecord:
+    """The record from the timed samples alone, when assembling the full record failed."""
+    return build_record(RunParts(tree=parts.tree, run=parts.run, workload=parts.workload, env=parts.env,
+                                 status=parts.status, error=parts.error, samples=parts.samples,
+                                 decode_steps=parts.decode_steps))
+
+
+def _bare_record(parts: RunParts) -> RunRecord:
+    """Status, error and stages without numbers: what is left when not even the samples assemble."""
+    return build_record(RunParts(tree=parts.tree, run=parts.run, workload=parts.workload, env=parts.env,
+                                 status=parts.status, error=parts.error))
+
+
 def _mirror(tracker: MlflowTracker, record: RunRecord, out: RunDirectory) -> None:
-    """Metrics, tags and every file of the run directory to the MLflow run, then its end status."""
+    """Metrics, tags and every file of the run directory to the MLflow run."""
     tracker.log_metrics(record.metrics)
     tracker.set_tags(record_tags(record))
     if tracker.errors:
         out.write_text("tracking_error.txt", "\n".join(tracker.errors) + "\n")
     tracker.log_artifacts(out.path)
-    tracker.finish(record.status)
     if tracker.errors and not out.file("tracking_error.txt").exists():
         out.write_text("tracking_error.txt", "\n".join(tracker.errors) + "\n")

@@ -13,7 +13,7 @@ Layout (docs/metrics.md describes each file):
   report.md            the technical report; stakeholder_summary.md the plain-language one
   roofline.png         stages against the device's roofs (when peaks are known)
   nvml_timeline.csv    power/clock samples (GPU with NVML); energy_samples.csv per sample
-  error.txt            only when the run failed: the error and its traceback
+  error.txt            only when the run did not finish (FAILED or KILLED): each error, its step, traceback
   tracking_error.txt   only when MLflow logging failed
 """
 
@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from llm_perf_opt.errors import InputError
 from llm_perf_opt.record import RECORD_FILE, RunRecord, save
 
 
@@ -42,9 +43,20 @@ def _jsonable(value: Any) -> Any:
 
 
 class RunDirectory:
-    def __init__(self, path: str | Path):
+    """A run's directory. `new_run=True` refuses a directory that already holds a run's record or samples:
+    one directory, one run (its metrics.json and its MLflow run name each other)."""
+
+    def __init__(self, path: str | Path, new_run: bool = False):
         self.path = Path(path).resolve()
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the run directory {self.path} ({exc.strerror or exc}): choose a "
+                             "writable place (LLM_PERF_OPT_RUNS_DIR or hydra.run.dir)") from None
+        taken = [name for name in (RECORD_FILE, "samples.csv") if (self.path / name).exists()]
+        if new_run and taken:
+            raise InputError(f"{self.path} already holds a run ({', '.join(taken)}): give this run its own "
+                             "directory (the default names are unique; check hydra.run.dir)")
 
     def file(self, name: str) -> Path:
         return self.path / name

@@ -4,13 +4,23 @@
   else MLflow's default store `sqlite:///<cwd>/mlflow.db`; relative sqlite paths are made absolute so a
   changed working directory cannot move the store.
 - Under `mlflow run`, $MLFLOW_RUN_ID names the run the launcher created: it is resumed, not duplicated.
+- Before the run starts, the store is checked (store.py): a server must answer `GET /health` within
+  3 s; a SQLite store is created, migrated and given its experiment under `<db>.lock`, so that several
+  processes may start at once against a new store. A store that is not usable makes the tracker
+  `offline`: one error line, no MLflow call afterwards, and `upload_hint(run_dir)` says how to log
+  the run directory later (`llm-perf-opt log-run`). HTTP retries and timeouts are bounded (store.HTTP_LIMITS).
 - A tracking failure never loses a measurement: the run directory is already complete. The first
   failure is reported once, remembered in `errors`, and later calls are skipped.
+- A run whose mirror is incomplete (an MLflow call failed after the run was created) does not end
+  FINISHED: `finish` ends it FAILED, tagged `llm_perf_opt.incomplete_mirror` with the first error
+  (and `llm_perf_opt.record_status` with the run's own status); `log-run` completes such a run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,8 +28,14 @@ from typing import Any
 
 from mlflow.entities import RunTag
 
+from llm_perf_opt.tracking.store import StoreUnavailable, prepare_store, unavailable_message
+
 PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
+TAG_NOTE_LIMIT = 500      # the error quoted in the incomplete-mirror tag
 BATCH = 100  # MLflow's per-request limit for params
+INCOMPLETE_TAG = "llm_perf_opt.incomplete_mirror"  # the MLflow run lacks data the run directory has
+RECORD_STATUS_TAG = "llm_perf_opt.record_status"   # the run's own status, when the MLflow run ended otherwise
+RUN_UID_TAG = "llm_perf_opt.run_uid"
 
 
 def resolve_tracking_uri(uri: str | None, base_dir: str | Path) -> str:
@@ -43,17 +59,52 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def upload_command(run_dir: str | Path, tracking_uri: str | None = None) -> str:
+    """`llm-perf-opt log-run <run_dir>`, with `--tracking-uri` when the store is not the one log-run
+    would pick by itself here ($MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)."""
+    command = f"llm-perf-opt log-run {shlex.quote(str(run_dir))}"
+    if tracking_uri and tracking_uri != resolve_tracking_uri(None, Path.cwd()):
+        command += f" --tracking-uri {shlex.quote(tracking_uri)}"
+    return command
+
+
+def upload_hint(run_dir: str | Path, tracking_uri: str | None = None) -> str:
+    return f"upload it later with: {upload_command(run_dir, tracking_uri)}"
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else text
+
+
 class MlflowTracker:
+    """Writes one MLflow run. Pipeline: `start`, `log_params`/`set_tags`/`log_metrics`/`log_artifacts`,
+    `finish(record.status)`; then, when `needs_upload`, print `upload_hint(run_dir)`."""
+
     def __init__(self, uri: str, experiment: str, enabled: bool = True):
         self.uri = uri
         self.experiment = experiment
         self.enabled = enabled
         self.run_id: str | None = None
         self.errors: list[str] = []
+        self.offline = False  # the store was unusable at start: nothing was sent to MLflow
 
     @property
     def active(self) -> bool:
         return self.enabled and not self.errors
+
+    @property
+    def needs_upload(self) -> bool:
+        """Tracking was on, but MLflow lacks (part of) this run: `llm-perf-opt log-run` can log it later."""
+        return self.enabled and (self.offline or self.run_id is None or bool(self.errors))
+
+    def upload_hint(self, run_dir: str | Path) -> str:
+        """'upload it later with: llm-perf-opt log-run <run_dir>' (plus --tracking-uri when not the default)."""
+        return upload_hint(run_dir, self.uri)
+
+    def _record(self, message: str, warning: str | None = None) -> None:
+        self.errors.append(message)
+        warnings.warn(warning or message, stacklevel=3)
 
     def _guard(self, action: str, call: Callable[[], Any]) -> Any:
         if not self.active:
@@ -62,20 +113,31 @@ class MlflowTracker:
             return call()
         except Exception as exc:  # any MLflow/client/storage failure: record it, keep the run directory
             message = f"MLflow {action} failed: {type(exc).__name__}: {exc}"
-            self.errors.append(message)
-            warnings.warn(f"{message} (the run directory still holds every result)", stacklevel=3)
+            self._record(message, f"{message} (the run directory still holds every result)")
             return None
 
     def start(self, run_name: str | None, tags: Mapping[str, str]) -> str | None:
+        """Check the store, then start (or, under `mlflow run`, resume) the run. An unusable store makes the
+        tracker offline with one error line, quickly (a 3 s health check, or the SQLite set-up)."""
+        if not self.enabled:
+            return None
+        resumed = os.environ.get("MLFLOW_RUN_ID")
+        try:
+            experiment_id = prepare_store(self.uri, None if resumed else self.experiment)
+        except StoreUnavailable as exc:
+            self.offline = True
+            self._record(unavailable_message(self.uri, str(exc)))
+            return None
+
         def _start() -> str:
             import mlflow
 
             mlflow.set_tracking_uri(self.uri)
-            if os.environ.get("MLFLOW_RUN_ID"):
-                run = mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
+            if resumed:
+                run = mlflow.start_run(run_id=resumed)
             else:
-                mlflow.set_experiment(self.experiment)
-                run = mlflow.start_run(run_name=run_name)
+                exp_id = experiment_id or mlflow.set_experiment(self.experiment).experiment_id
+                run = mlflow.start_run(run_name=run_name, experiment_id=exp_id)
             return run.info.run_id
 
         self.run_id = self._guard("start_run", _start)
@@ -83,17 +145,7 @@ class MlflowTracker:
         return self.run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        def _log() -> None:
-            import mlflow
-            from mlflow.entities import Param
-
-            client = mlflow.MlflowClient(self.uri)
-            existing = client.get_run(self.run_id).data.params
-            items = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items() if k not in existing]
-            for start in range(0, len(items), BATCH):
-                client.log_batch(self.run_id, params=items[start:start + BATCH])
-
-        self._guard("log_params", _log)
+        self._guard("log_params", lambda: log_new_params(self.uri, self.run_id, params))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         def _set() -> None:
@@ -121,16 +173,50 @@ class MlflowTracker:
 
         self._guard("log_artifacts", _log)
 
-    def finish(self, status: str) -> None:
-        """End the run; tried even after an earlier failure so the run is not left RUNNING."""
+    def finish(self, status: str) -> str | None:
+        """End the run with `status` (FINISHED, FAILED, KILLED); tried even after an earlier failure so the run
+        is not left RUNNING. When an earlier call failed, MLflow lacks data: a FINISHED run ends FAILED and
+        is tagged INCOMPLETE_TAG (the first error) and RECORD_STATUS_TAG. Returns the status MLflow was
+        asked to end with (None when there is no MLflow run)."""
         if not self.enabled or self.run_id is None:
-            return
-        try:
-            import mlflow
+            return None
+        import mlflow
 
-            mlflow.MlflowClient(self.uri).set_terminated(self.run_id, status=status)
-            if mlflow.active_run() is not None:
-                mlflow.end_run(status=status)
+        client = mlflow.MlflowClient(self.uri)
+        final = status
+        if self.errors:
+            final = "FAILED" if status == "FINISHED" else status
+            note = _first_line(self.errors[0])[:TAG_NOTE_LIMIT]
+            self._attempt("set_tags", lambda: client.log_batch(
+                self.run_id, tags=[RunTag(INCOMPLETE_TAG, note), RunTag(RECORD_STATUS_TAG, status)]))
+
+        def _end() -> None:
+            active = mlflow.active_run()
+            try:
+                client.set_terminated(self.run_id, status=final)
+            finally:  # off the fluent stack, so that MLflow's exit hook does not end it FINISHED
+                if active is not None and active.info.run_id == self.run_id:
+                    with contextlib.suppress(Exception):
+                        mlflow.end_run(status=final)
+
+        self._attempt("end_run", _end)
+        return final
+
+    def _attempt(self, action: str, call: Callable[[], Any]) -> None:
+        """A call made even when inactive (ending the run); a failure is recorded and reported."""
+        try:
+            call()
         except Exception as exc:
-            self.errors.append(f"MLflow end_run failed: {type(exc).__name__}: {exc}")
-            warnings.warn(self.errors[-1], stacklevel=2)
+            self._record(f"MLflow {action} failed: {type(exc).__name__}: {_first_line(str(exc))}")
+
+
+def log_new_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log the params the run does not have yet (MLflow refuses to change a logged param), in batches."""
+    import mlflow
+    from mlflow.entities import Param
+
+    client = mlflow.MlflowClient(uri)
+    existing = client.get_run(run_id).data.params
+    items = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items() if k not in existing]
+    for start in range(0, len(items), BATCH):
+        client.log_batch(run_id, params=items[start:start + BATCH])
