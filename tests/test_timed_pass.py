@@ -165,3 +165,11 @@ def test_warmup_covers_every_input(monkeypatch):
     records = list(iter_timed_samples(workload, _settings(new_tokens=2, warmup=1, repeats=1)))
     ids = [p.input_id for p in workload.inputs]
     assert seen == ids + ids and [r.row["input_id"] for r in records] == ids
+
+
+def test_a_run_stopped_before_its_first_sample_still_names_the_columns(deepseek_tiny):
+    # samples.csv of a run killed during warmup: no rows, the same header a measured run has.
+    measured = TimedResult.from_samples(list(iter_timed_samples(deepseek_tiny, _settings(3, 0, 1))), deepseek_tiny)
+    empty = TimedResult.from_samples([], deepseek_tiny)
+    assert len(empty.samples) == 0 and list(empty.samples.columns) == list(measured.samples.columns)
+    assert list(empty.decode_steps.columns) == ["repeat", "input_index", "input_id", "step", "decode_step_ms"]

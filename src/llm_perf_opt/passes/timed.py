@@ -72,7 +72,9 @@ class TimedResult:
 
     @classmethod
     def from_samples(cls, samples: list[TimedSample], workload: Workload) -> TimedResult:
-        frame = add_group_columns(pd.DataFrame([s.row for s in samples]), workload.stages)
+        # No sample (a run stopped during warmup): the header still names the columns a sample has.
+        rows = pd.DataFrame([s.row for s in samples]) if samples else pd.DataFrame(columns=_sample_columns(workload))
+        frame = add_group_columns(rows, workload.stages)
         step_column = column(DECODE, "step_ms")
         steps = pd.DataFrame(
             [{"repeat": s.row["repeat"], "input_index": s.row["input_index"], "input_id": s.row["input_id"],
@@ -80,6 +82,15 @@ class TimedResult:
             columns=["repeat", "input_index", "input_id", "step", step_column],
         )
         return cls(frame, steps)
+
+
+def _sample_columns(workload: Workload) -> list[str]:
+    """samples.csv's columns, in order (the keys `time_one_sample` and `iter_timed_samples` write)."""
+    stages = [column(stage, "ms") for stage in workload.stage_modules]
+    memory = [column(PREFILL, "peak_mem_mib"), column(DECODE, "peak_mem_mib")] if workload.device.type == "cuda" else []
+    return ["repeat", "input_index", "input_id", "prompt_tokens", "image_tokens", "new_tokens", column(PREFILL, "ms"),
+            *stages, column(DECODE, "ms"), column(DECODE, "tpot_ms"), column(DECODE, "tokens_per_s"),
+            column(E2E, "ms"), column(E2E, "tokens_per_s"), *memory, "wall_start_ns", "wall_end_ns", "clock"]
 
 
 def _cuda_peak_mib(device: torch.device) -> float:
