@@ -22,6 +22,8 @@ import pytest
 
 from conftest import FAST, REPO_ROOT, compose_config
 from llm_perf_opt import record
+from llm_perf_opt.compare import run_comparison
+from llm_perf_opt.config import compose
 from llm_perf_opt.passes import timed
 from llm_perf_opt.runners import profile
 from llm_perf_opt.sinks.run_directory import RunDirectory
@@ -312,3 +314,22 @@ def test_bad_input_is_one_line_before_any_run_exists(tmp_path, overrides, runs_d
     assert not db.exists()  # no MLflow store, no run: nothing was started
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("samples.csv"))
     _table_row(" ".join(overrides) or f"runs dir {runs_dir}", "exit 2, no run", 0, "no MLflow run", lines[0])
+
+
+def test_compare_selects_finished_runs_unless_asked(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    finished = []
+    for index in range(2):
+        cfg = compose_config(*FAST, *CUSTOM, f"tracking.uri={uri}")
+        finished.append(profile.run_profile(cfg, tmp_path / f"ok{index}").mlflow_run_id)
+    monkeypatch.setattr(profile, "run_counted_pass", _boom)
+    failed = profile.run_profile(compose_config(*FAST, *CUSTOM, f"tracking.uri={uri}"), tmp_path / "failed")
+    assert failed.status == "FAILED"
+    default = run_comparison(compose("compare", [f"tracking.uri={uri}", "select.last=2", "plots.enabled=false"]),
+                             tmp_path / "cmp")
+    assert set(default.run_ids) == set(finished)  # the newest run failed: not a baseline, not a candidate
+    asked = run_comparison(compose("compare", [f"tracking.uri={uri}", "select.last=3", "select.status=null",
+                                               "plots.enabled=false"]), tmp_path / "cmp-all")
+    assert set(asked.run_ids) == {*finished, failed.mlflow_run_id}
+    _table_row("compare after a FAILED run", "default select: FINISHED runs only", "-", "-",
+               "select.status=null includes the FAILED run")
