@@ -11,9 +11,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
-from llm_perf_opt.record import load
+from llm_perf_opt.record import OperatorRecord, load
 from llm_perf_opt.reports import derive_recommendations, derive_takeaways, write_reports
 from llm_perf_opt.reports.stakeholder_summary import write_stakeholder_summary
 from records import OPERATORS, build_record, gpu_record, write_run_dir
@@ -140,9 +141,67 @@ def test_stakeholder_summary_cites_the_record(tmp_path):
     assert "Time per output token (TPOT): 39.50 ms (median; mean 40.00)" in text
     assert "Tokens per second, decode only: 25.00 tokens/s" in text
     assert "Energy per output token, decode: 10.500 J" in text and "Mean GPU power: 300.0 W" in text
-    _rows_in_order(text, ["|1|aten::mm|decode|144.00|672|28.6%|", "|2|aten::linear|prefill|30.00|48|20.0%|",
-                          "|3|aten::conv2d|vision › sam|21.00|2|35.0%|", "|9|aten::copy_|other|0.50|4|n/a|"])
+    # Cost centres by self device time (operators.csv: 0.9 x total), share of the stage's profiled time.
+    assert "|#|Operator|Stage|Self device time (ms)|Calls|Share of stage|" in text
+    _rows_in_order(text, ["|1|aten::mm|decode|129.60|672|25.7%|", "|2|aten::linear|prefill|27.00|48|18.0%|",
+                          "|3|aten::conv2d|vision › sam|18.90|2|31.5%|", "|9|aten::copy_|other|0.45|4|n/a|"])
     assert "Decode dominates end-to-end time: 69.7%" in text
+
+
+# (stage, name, calls, total ms, self ms): aten::linear runs aten::addmm; sdpa runs its cudnn op, which runs
+# _cudnn_attention_forward: inclusive times count the same work two or three times.
+NESTED = [("decode", "aten::linear", 7, 10.0, 1.0), ("decode", "aten::addmm", 7, 9.0, 9.0),
+          ("decode", "aten::scaled_dot_product_attention", 7, 3.81, 0.05),
+          ("decode", "aten::_scaled_dot_product_cudnn_attention", 7, 3.81, 0.1),
+          ("decode", "aten::_cudnn_attention_forward", 7, 3.81, 3.66), ("decode", "aten::cat", 7, 2.0, 2.0)]
+NESTED_DECODE_MS = 24.0  # the decode profiled time: inclusive totals (32.43 ms) would claim 135% of it
+
+
+def _cost_centres(text: str) -> list[list[str]]:
+    section = text.split("## Top cost centres")[1].split("\n## ")[0]
+    return [line.strip("|").split("|") for line in section.splitlines() if line[:2].strip("|").isdigit()]
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_cost_centres_rank_by_self_time_so_nested_work_counts_once(tmp_path, on_device):
+    record = gpu_record(operators=[row[:4] for row in NESTED],
+                        profiled={"decode": {"ranges": 7, "profiled_ms": NESTED_DECODE_MS}})
+    run_dir = write_run_dir(record, tmp_path / "run", operators=[row[:4] for row in NESTED], on_device=on_device)
+    frame = pd.read_csv(run_dir / "operators.csv")
+    frame["self_cpu_ms"] = [row[4] * 1.5 for row in NESTED]  # CPU self times: other numbers, same order
+    frame["self_device_ms"] = [row[4] for row in NESTED] if on_device else float("nan")
+    frame.to_csv(run_dir / "operators.csv", index=False)
+    write_reports(run_dir)
+    text = (run_dir / "stakeholder_summary.md").read_text()
+    basis, heading, scale = (("self device time", "Self device time", 1.0) if on_device
+                             else ("self CPU time", "Self CPU time", 1.5))
+    assert f"|{heading} (ms)|Calls|Share of stage|" in text and f"most {basis} in the profiled" in text
+    rows = _cost_centres(text)
+    names = [row[1] for row in rows]
+    assert rows[0][:5] == ["1", "aten::addmm", "decode", f"{9.0 * scale:.2f}", "7"]
+    assert names.index("aten::linear") > names.index("aten::addmm")
+    assert names[1] == "aten::_cudnn_attention_forward"  # the sdpa chain's work, once, where it is done
+    # Shares of decode's profiled time add up to the self times over it: at most the whole stage.
+    shares = [float(row[5].rstrip("%")) / 100 for row in rows]
+    expected = sum(row[4] * scale for row in NESTED) / NESTED_DECODE_MS
+    assert sum(shares) == pytest.approx(expected, abs=0.0005 * len(shares)) and sum(shares) <= 1.0
+    takeaway = derive_takeaways(load(run_dir), pd.read_csv(run_dir / "operators.csv"))["top operator, decode"]
+    assert f"most {basis} in decode" in takeaway and f"is aten::addmm: {9.0 * scale:.2f} ms over 7 calls" in takeaway
+    assert f"aten::addmm: {9.0 * scale:.2f} ms" in text.split("## Takeaways")[1], "the summary's takeaway agrees"
+
+
+def test_cost_centres_from_the_records_lists_without_operators_csv(tmp_path):
+    record = build_record(operators=[row[:4] for row in NESTED])
+    lists = [OperatorRecord(stage=s, name=n, calls=c, total_time_ms=t, self_cpu_ms=own) for s, n, c, t, own in NESTED]
+    record = record.model_copy(update={"top_operators": lists[:4], "top_operators_by_stage": {"decode": lists}})
+    text = write_stakeholder_summary(record, tmp_path / "s.md").read_text()
+    rows = _cost_centres(text)
+    assert "|Self CPU time (ms)|" in text and rows[0][1:4] == ["aten::addmm", "decode", "9.00"]
+    assert [row[1] for row in rows].index("aten::linear") == 3  # below addmm, _cudnn_attention_forward, cat
+    assert len(rows) == 4, "as many rows as the record's top_operators"
+    # A record whose lists carry no self time at all says it ranks by total time, inclusive.
+    plain = write_stakeholder_summary(build_record(operators=[row[:4] for row in NESTED]), tmp_path / "p.md")
+    assert "|Total (ms)|" in plain.read_text() and "operators inside it can both appear" in plain.read_text()
 
 
 def test_report_of_a_cpu_run_makes_no_efficiency_or_energy_claims(tmp_path):

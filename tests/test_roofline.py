@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import matplotlib.colors
 import matplotlib.image
+import matplotlib.text
 import numpy as np
+import pandas as pd
 import pytest
 
 from llm_perf_opt.reports.plotting import DPI, stage_color
@@ -85,3 +87,72 @@ def test_can_plot_needs_points_and_peaks(tmp_path):
     assert not any("roof" in line.get_label() for line in axes.lines)
     assert set(_points(axes)) == {"prefill", "vision › sam", "decode"}
     assert "no peaks known" in axes.get_title()
+
+
+# Seven stages within a few percent of each other on both axes: labels at a fixed offset would pile up.
+CROWDED = {key: {"intensity_flop_per_byte": 120.0 * (1 + 0.04 * i), "achieved_tflops": 30.0 * (1 + 0.05 * i)}
+           for i, key in enumerate(["e2e", "prefill", "vision", "vision_sam", "vision_encoder", "vision_projector",
+                                    "decode"])}
+
+
+def _text_boxes(figure, texts) -> list:
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    return [matplotlib.text.Text.get_window_extent(text, renderer) for text in texts]  # the text, not its leader
+
+
+def _overlapping(boxes, names) -> list[tuple[str, str]]:
+    return [(names[i], names[j]) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+            if boxes[i].overlaps(boxes[j])]
+
+
+def test_crowded_stage_labels_do_not_overlap_and_point_at_their_stage():
+    record = build_record(hardware=peaks_of(), efficiency=CROWDED)
+    figure = build_roofline_figure(record)
+    axes = figure.axes[0]
+    labels = {stage.label: stage for stage in record.stages}
+    assert len(labels) == 7
+    stage_texts = [t for t in axes.texts if t.get_text() in labels]
+    assert sorted(t.get_text() for t in stage_texts) == sorted(labels)
+    for text in stage_texts:  # each label is anchored at its own stage's point
+        eff = labels[text.get_text()].efficiency
+        assert text.xy == pytest.approx((eff.intensity_flop_per_byte, eff.achieved_tflops))
+    texts = list(axes.texts)  # stage labels, the ridge label
+    names = [t.get_text() for t in texts]
+    boxes = _text_boxes(figure, texts)
+    assert not _overlapping(boxes, names)
+    frame = axes.get_window_extent()
+    legend = axes.get_legend().get_window_extent()
+    for box, name in zip(boxes, names):
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, name
+        assert not box.overlaps(legend), name
+
+
+def test_comparison_efficiency_tick_labels_do_not_collide(tmp_path):
+    from llm_perf_opt.compare import plots
+    from llm_perf_opt.compare.summary import RATIO_PREFIX
+
+    record = build_record(substages={("vision", "sam"): 50.0, ("vision", "encoder"): 30.0,
+                                     ("vision", "projector"): 2.0, ("audio", "encoder"): 9.0})
+    tree = record.tree()
+    stages = [key for key in tree.keys() if key != "e2e"]
+    assert len(stages) == 8
+    runs = [f"{i:032x}" for i in range(5)]
+    names = ["baseline-bf16-sdpa-tiled-1024", "candidate-fp8-kv-cache", "candidate-flash-attention-3",
+             "candidate-cuda-graphs-decode", "candidate-global1024-image-mode"]
+    summary = pd.DataFrame({"run_name": names, "baseline": [True] + [False] * 4}, index=runs)
+    for i, stage in enumerate(stages):
+        for kind in ("mfu", "mbu"):
+            summary[f"{stage}/{kind}"] = np.linspace(0.1, 0.5, 5) / (i + 1)
+            summary[f"{RATIO_PREFIX}{stage}/{kind}"] = 1.0
+    figure = plots.efficiency_figure(summary, tree)
+    assert figure is not None and len(figure.axes) == 2
+    for axes in figure.axes:
+        ticks = axes.get_xticklabels()
+        texts = [t.get_text() for t in ticks]
+        assert len(ticks) == 5 and all(text.replace("\n", "") for text in texts)
+        for name, text in zip(names, texts):
+            assert text.replace("\n", "").replace(" ", "").startswith(
+                ("[B]" if name.startswith("baseline") else "") + name.replace(" ", "")[:10])
+        assert not _overlapping(_text_boxes(figure, ticks), texts)
+    assert plots.plot_efficiency(summary, tmp_path / "efficiency.png", tree).stat().st_size > 0

@@ -9,7 +9,10 @@ compare/stages.py); metric names are made with the schema (`metric_key`, `column
   is drawn as itself. prefill (other) = prefill p50 - the sum of the drawn sub-stage p50s (clipped at 0:
   p50s are not additive, so this is an approximation of the remainder). The bar's prefill part
   therefore equals the prefill p50; no sub-stage is counted twice.
-- efficiency.png: MFU and MBU per run, one bar per stage (only when runs logged `<stage>/mfu|mbu`).
+- efficiency.png: MFU and MBU per run, one bar per stage (only when runs logged `<stage>/mfu|mbu`). Run
+  labels are wrapped to TICK_WRAP characters a line and the figure widens with the runs, so labels sit
+  side by side unrotated; only if two would still overlap are they turned upright
+  (plotting.fit_x_tick_labels). One legend of the stages, outside the axes, for both panels.
 - latency_distributions.png: box plots per run of the per-sample times from samples.csv: prefill, its
   direct sub-stages and groups, decode, decode TPOT, e2e.
 A metric a run lacks is left out of its bar (no zero-height stand-in).
@@ -17,6 +20,7 @@ A metric a run lacks is left out of its bar (no zero-height stand-in).
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,10 +29,12 @@ import pandas as pd
 
 from llm_perf_opt.compare.stages import fixed_tree, label, metric_stage, stage_order
 from llm_perf_opt.compare.summary import metric_columns
-from llm_perf_opt.reports.plotting import STYLE, new_figure, save_figure, stage_color, style_axes
+from llm_perf_opt.reports.plotting import STYLE, fit_x_tick_labels, new_figure, save_figure, stage_color, style_axes
 from llm_perf_opt.schema import DECODE, E2E, PREFILL, StageTree, column, metric_key
 
 PREFILL_OTHER = "prefill (other)"
+TICK_WRAP = 14  # characters per line of a wrapped run label
+RUN_SLOT_IN = 1.2  # inches of axis per run in the efficiency plot: room for a TICK_WRAP-wide label
 
 
 def run_labels(summary: pd.DataFrame) -> list[str]:
@@ -100,7 +106,13 @@ def plot_stage_times(summary: pd.DataFrame, path: Path, tree: StageTree | None =
     return save_figure(fig, path)
 
 
-def plot_efficiency(summary: pd.DataFrame, path: Path, tree: StageTree | None = None) -> Path | None:
+def wrapped(labels: list[str], width: int = TICK_WRAP) -> list[str]:
+    """Each label broken into lines of at most `width` characters (at spaces and hyphens where it can)."""
+    return ["\n".join(textwrap.wrap(text, width)) or text for text in labels]
+
+
+def efficiency_figure(summary: pd.DataFrame, tree: StageTree | None = None):
+    """The MFU / MBU bars per run and stage as a Figure, or None when no run logged either."""
     tree = tree or fixed_tree()
     stages = stage_order({metric_stage(name) for name in metric_columns(summary)} - {None}, tree)
     kinds = {kind: [s for s in stages if metric_key(s, kind) in summary.columns
@@ -108,18 +120,27 @@ def plot_efficiency(summary: pd.DataFrame, path: Path, tree: StageTree | None = 
     kinds = {kind: found for kind, found in kinds.items() if found}
     if not kinds:
         return None
-    labels = run_labels(summary)
-    fig, axes = new_figure(width=6.0 * len(kinds), height=4.5, cols=len(kinds))
+    labels = wrapped(run_labels(summary))
+    fig, axes = new_figure(width=max(6.0, RUN_SLOT_IN * len(labels) + 1.0) * len(kinds), height=5.0, cols=len(kinds))
     x = np.arange(len(labels))
+    legend: dict[str, object] = {}
     for ax, (kind, kind_stages) in zip(_axes_list(axes), kinds.items()):
         width = 0.8 / len(kind_stages)
         for i, stage in enumerate(kind_stages):
-            ax.bar(x + i * width, summary[metric_key(stage, kind)].to_numpy(float), width,
-                   color=_color(tree, stage), label=label(stage, tree))
-        ax.set_xticks(x + 0.4 - width / 2, labels, rotation=45, ha="right")
+            bars = ax.bar(x + i * width, summary[metric_key(stage, kind)].to_numpy(float), width,
+                          color=_color(tree, stage), label=label(stage, tree))
+            legend.setdefault(label(stage, tree), bars)
+        ax.set_xticks(x + 0.4 - width / 2, labels)
         style_axes(ax, title=kind.upper(), ylabel=f"{kind.upper()} (fraction of peak)")
-        ax.legend(fontsize=STYLE["legend_size"])
-    return save_figure(fig, path)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=min(len(legend), 5),
+               fontsize=STYLE["legend_size"])
+    fit_x_tick_labels(fig, _axes_list(axes))
+    return fig
+
+
+def plot_efficiency(summary: pd.DataFrame, path: Path, tree: StageTree | None = None) -> Path | None:
+    fig = efficiency_figure(summary, tree)
+    return save_figure(fig, path) if fig is not None else None
 
 
 def distribution_columns(tree: StageTree | None = None) -> list[str]:

@@ -60,7 +60,7 @@ def write_reports(run_dir: str | Path, top_n: int | None = None) -> list[Path]:
         top_n = len(record.top_operators) or DEFAULT_TOP_N
     operators, kernels = _csv(run_dir / OPERATORS_CSV), _csv(run_dir / KERNELS_CSV)
     written = [write_technical_report(record, run_dir / REPORT_FILE, operators, kernels, top_n),
-               write_stakeholder_summary(record, run_dir / STAKEHOLDER_FILE)]
+               write_stakeholder_summary(record, run_dir / STAKEHOLDER_FILE, operators)]
     if operators is not None:
         written.append(write_operators_markdown(record, operators, kernels, run_dir / OPERATORS_FILE, top_n))
     from llm_perf_opt.reports import roofline  # matplotlib: loaded only when a report is written

@@ -1,7 +1,9 @@
 """The roofline plot (log-log PNG) of one run, from its RunRecord: where each stage sits against the roofs.
 
 x = arithmetic intensity (FLOP/byte), y = achieved TFLOP/s, both from each stage's `efficiency`;
-a point is labelled with the stage's label and coloured by its place in the record's stage order.
+a point is coloured by its place in the record's stage order and labelled with the stage's label in
+that colour, placed where it overlaps no other label, marker or the legend (plotting.place_labels: a
+label moved off its point gets a leader line to it).
 Roofs come from `record.hardware`: memory roof y = x * bandwidth (GB/s) / 1e3 and compute roof
 y = peak TFLOP/s, meeting at the ridge point; dashed roofs for the calibrated (achievable) peaks when
 present. Operator points are optional dicts with `name`, `intensity_flop_per_byte` and
@@ -22,7 +24,7 @@ from matplotlib.figure import Figure
 
 from llm_perf_opt.analysis.peaks import ridge_point
 from llm_perf_opt.record import Peaks, RunRecord, StageRecord
-from llm_perf_opt.reports.plotting import STYLE, new_figure, save_figure, stage_color, style_axes
+from llm_perf_opt.reports.plotting import STYLE, new_figure, place_labels, save_figure, stage_color, style_axes
 from llm_perf_opt.reports.view import finite
 
 ROOFLINE_SIZE = (8.0, 5.5)
@@ -105,15 +107,15 @@ def build_roofline_figure(record: RunRecord, operator_points: list[Mapping[str, 
         if peaks.achievable_tflops is not None or peaks.achievable_bandwidth_gbps is not None:
             _draw_roof(axes, xs, peaks.achievable_tflops, peaks.achievable_bandwidth_gbps, achievable_ridge, "--",
                        "achievable roof (calibrated)", label_dy=-14)
+    labels = []
     for index, stage, (x, y) in points:
         axes.scatter([x], [y], s=60, zorder=3, color=stage_color(index), label=stage.label)
-        axes.annotate(stage.label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=STYLE["tick_size"])
+        labels.append((stage.label, (x, y), {"fontsize": STYLE["tick_size"], "color": stage_color(index)}))
     if operators:
         axes.scatter([p[0] for _, p in operators], [p[1] for _, p in operators], s=14, marker="x", color="dimgrey",
                      zorder=2, label="operators")
-        for row, (x, y) in operators:
-            axes.annotate(str(row.get("name", "")), (x, y), textcoords="offset points", xytext=(3, -9),
-                          fontsize=STYLE["tick_size"] - 2, color="dimgrey")
+        labels += [(str(row.get("name", "")), point, {"fontsize": STYLE["tick_size"] - 2, "color": "dimgrey"})
+                   for row, point in operators]
     if skipped:
         axes.text(0.01, 0.01, "not on log axes (no FLOPs or no bytes): " + ", ".join(skipped),
                   transform=axes.transAxes, fontsize=STYLE["tick_size"] - 1, color="grey")
@@ -134,6 +136,7 @@ def build_roofline_figure(record: RunRecord, operator_points: list[Mapping[str, 
     axes.grid(True, which="both", linewidth=0.3, alpha=STYLE["grid_alpha"])
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize=STYLE["legend_size"] - 1, loc="lower right")
+    place_labels(figure, axes, labels)  # last: it measures everything else on the axes
     return figure
 
 

@@ -5,6 +5,11 @@ in the record's order, a nested stage marked with the stage it runs inside and i
 speed (TTFT, TPOT, end to end, tokens/s), energy, top cost centres (operators with their stage and
 share of the stage's profiled time), takeaways and recommendations (reports/takeaways.py, each citing
 its number).
+
+Top cost centres of a run rank operators by exclusive (self) time, so no work is counted twice (an
+aten::linear's time is its aten::addmm's): self device time on a run that measured it (GPU), else
+self CPU time; the table names its basis. Rows come from the run's operators.csv when there is one,
+else from the record's top_operators lists (total time only when those carry no self time).
 """
 
 from __future__ import annotations
@@ -13,9 +18,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pandas as pd
+
 from llm_perf_opt.record import OperatorRecord, RunRecord
 from llm_perf_opt.reports.markdown import bullets, header, new_document, table, write_markdown
-from llm_perf_opt.reports.takeaways import derive_recommendations, derive_takeaways
+from llm_perf_opt.reports.takeaways import (
+    TOTAL,
+    OperatorBasis,
+    derive_recommendations,
+    derive_takeaways,
+    operator_basis,
+    operator_rows,
+    ranked_operators,
+)
 from llm_perf_opt.reports.view import (
     finite,
     operator_share,
@@ -28,21 +43,22 @@ from llm_perf_opt.reports.view import (
 from llm_perf_opt.schema import DECODE, E2E, PREFILL
 
 TITLE = "Stakeholder summary"
+DEFAULT_TOP_N = 10
 
 
 class CostCentre(NamedTuple):
-    """One operator row of the summary, from an OperatorRecord or a seed-API dict."""
+    """One operator row of the summary, from an OperatorRecord or a seed-API dict; time_ms is its `field`."""
 
     name: Any
     stage: Any
-    total_time_ms: Any
+    time_ms: Any
     calls: Any
 
     @classmethod
-    def of(cls, op: OperatorRecord | Mapping[str, Any]) -> CostCentre:
+    def of(cls, op: OperatorRecord | Mapping[str, Any], field: str = TOTAL.field) -> CostCentre:
         if isinstance(op, OperatorRecord):
-            return cls(op.name, op.stage, op.total_time_ms, op.calls)
-        return cls(op.get("name"), op.get("stage"), op.get("total_time_ms"), op.get("calls"))
+            return cls(op.name, op.stage, getattr(op, field), op.calls)
+        return cls(op.get("name"), op.get("stage"), op.get(field), op.get("calls"))
 
 
 def environment_line(record: RunRecord) -> str:
@@ -115,15 +131,37 @@ def energy_lines(record: RunRecord) -> list[str]:
     return lines
 
 
-def cost_centre_rows(top_ops: Sequence[OperatorRecord | Mapping[str, Any]],
-                     record: RunRecord | None) -> list[list[Any]]:
+def cost_centre_rows(top_ops: Sequence[OperatorRecord | Mapping[str, Any]], record: RunRecord | None,
+                     basis: OperatorBasis = TOTAL) -> list[list[Any]]:
+    """[rank, operator, stage, time on `basis`, calls, share of the stage's profiled time], in the given order."""
     rows = []
-    for rank, op in enumerate(map(CostCentre.of, top_ops), 1):
+    for rank, op in enumerate((CostCentre.of(op, basis.field) for op in top_ops), 1):
         stage = resolve_stage(record, op.stage) if record is not None else None
-        share = operator_share(op.total_time_ms, stage)
-        rows.append([rank, op.name, stage_display(record, op.stage), finite(op.total_time_ms),
+        share = operator_share(op.time_ms, stage)
+        rows.append([rank, op.name, stage_display(record, op.stage), finite(op.time_ms),
                      op.calls if op.calls is not None else "n/a", f"{pct(share)}" if share is not None else "n/a"])
     return rows
+
+
+def cost_centres(record: RunRecord, operators: pd.DataFrame | None = None,
+                 top_n: int | None = None) -> tuple[list[OperatorRecord], OperatorBasis]:
+    """The run's `top_n` operators by exclusive time (takeaways.operator_basis) over all stages, and the basis;
+    rows from `operators` (operators.csv) when given, else the record's lists. `top_n` defaults to the length
+    of the record's top_operators, else DEFAULT_TOP_N."""
+    rows = operator_rows(record, operators)
+    basis = operator_basis(rows)
+    top_n = top_n if top_n is not None else (len(record.top_operators) or DEFAULT_TOP_N)
+    return [row for row, _ in ranked_operators(rows, basis)[:top_n]], basis
+
+
+def _cost_centre_note(basis: OperatorBasis) -> str:
+    profiled = ("in the profiled pass (a separate run under the profiler: milliseconds are inflated, shares are "
+                "indicative), with the stage they ran in and their share of its profiled time.")
+    if basis is TOTAL:
+        return (f"Operators with the most total time {profiled} Total time includes the operators each one calls, "
+                "so an operator and the operators inside it can both appear.")
+    return (f"Operators with the most {basis.name} {profiled} Self time is the time in the operator itself, not in "
+            "the operators it calls, so no work is counted twice.")
 
 
 def write_stakeholder_markdown(
@@ -133,8 +171,10 @@ def write_stakeholder_markdown(
     takeaways: Mapping[str, str],
     recommendations: Mapping[str, str] | None = None,
     record: RunRecord | None = None,
+    basis: OperatorBasis = TOTAL,
 ) -> Path:
-    """Write the summary to exactly `path`; without `record` only cost centres and takeaways are written."""
+    """Write the summary to exactly `path`; without `record` only cost centres and takeaways are written.
+    `top_ops` are rendered in the order given, with their time on `basis` (default: total time)."""
     md = new_document(TITLE)
     if record is not None:
         if record.status != "FINISHED":
@@ -158,10 +198,9 @@ def write_stakeholder_markdown(
             bullets(md, energy)
     header(md, "Top cost centres")
     if top_ops:
-        md.new_paragraph("Operators with the most total time in the profiled pass (a separate run under the "
-                         "profiler: milliseconds are inflated, shares are indicative), with the stage they ran in.")
-        table(md, ["#", "Operator", "Stage", "Total (ms)", "Calls", "Share of stage"],
-              cost_centre_rows(top_ops, record))
+        md.new_paragraph(_cost_centre_note(basis))
+        table(md, ["#", "Operator", "Stage", basis.heading, "Calls", "Share of stage"],
+              cost_centre_rows(top_ops, record, basis))
     else:
         md.new_paragraph("No operator data (the profiled pass did not run).")
     header(md, "Takeaways")
@@ -175,7 +214,10 @@ def write_stakeholder_markdown(
     return write_markdown(md, path)
 
 
-def write_stakeholder_summary(record: RunRecord, path: str | Path) -> Path:
-    """stakeholder_summary.md of `record`, written to exactly `path`."""
-    return write_stakeholder_markdown(path, top_ops=record.top_operators, takeaways=derive_takeaways(record),
-                                      recommendations=derive_recommendations(record), record=record)
+def write_stakeholder_summary(record: RunRecord, path: str | Path, operators: pd.DataFrame | None = None) -> Path:
+    """stakeholder_summary.md of `record`, written to exactly `path`. Cost centres from `operators`
+    (operators.csv's table, which write_reports passes) when given, else from the record's operator lists."""
+    path = Path(path)
+    top_ops, basis = cost_centres(record, operators)
+    return write_stakeholder_markdown(path, top_ops=top_ops, takeaways=derive_takeaways(record, operators),
+                                      recommendations=derive_recommendations(record), record=record, basis=basis)

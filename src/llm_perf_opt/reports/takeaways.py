@@ -14,8 +14,12 @@ Takeaways ({topic: sentence}):
   below DEFAULT_LAUNCH_BUSY_SHARE reads as launch-bound and MBU at or above MEMORY_BOUND_MBU as
   memory-bound.
 - prefill: TTFT (prefill's mean) with prefill's MFU / MBU / verdict, when its efficiency gives them.
-- top operator, <stage label>: per stage with operators in the record, the one with the largest
-  total time and its share of the stage's profiled time (profiled.profiled_ms).
+- top operator, <stage label>: per stage with operators, the one with the most exclusive (self) time
+  and its share of the stage's profiled time (profiled.profiled_ms). Self time is the time in the
+  operator itself, not in the operators it calls, so nested operators (aten::linear and the
+  aten::addmm it runs) are never counted twice: `self_device_ms` when the run measured device time
+  (a GPU run), else `self_cpu_ms`; total time only for operator lists that carry no self time at all
+  (`operator_basis`). Rows come from operators.csv when given, else the record's top_operators lists.
 - profiler_overhead: profiler_overhead_ratio of prefill and decode (per step).
 - flop_coverage: stages with MFU where more than HIGH_NO_FORMULA_SHARE of the profiled time is in
   operators without a FLOP formula.
@@ -28,9 +32,16 @@ largest part), and read operator times as shares when an overhead ratio reaches 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from pydantic import ValidationError
+
 from llm_perf_opt.analysis.efficiency import DEFAULT_LAUNCH_BUSY_SHARE
-from llm_perf_opt.record import Efficiency, RunRecord, StageRecord
-from llm_perf_opt.reports.view import finite, pct, resolve_stage, share_of_parent
+from llm_perf_opt.record import Efficiency, OperatorRecord, RunRecord, StageRecord
+from llm_perf_opt.reports.view import finite, operator_share, pct, resolve_stage, share_of_parent
+
+if TYPE_CHECKING:
+    import pandas as pd
 from llm_perf_opt.schema import DECODE, E2E, PREFILL
 
 # Used only when a stage's efficiency has no `bound` verdict of its own (the pipeline's verdict
@@ -163,29 +174,84 @@ def _prefill(record: RunRecord) -> str | None:
     return f"Prefill (TTFT {ttft:.2f} ms mean): " + "; ".join(clauses) + "."
 
 
-def top_operator(record: RunRecord, stage: StageRecord) -> tuple[str, int, float, float | None] | None:
-    """(name, calls, total ms, share of the stage's profiled time or None) of the stage's largest operator."""
-    rows = [row for key, rows in record.top_operators_by_stage.items()
-            if (resolved := resolve_stage(record, key)) is not None and resolved.key == stage.key
-            for row in rows if finite(row.total_time_ms) is not None]
-    if not rows:
+class OperatorBasis(NamedTuple):
+    """What operators are ranked on: an OperatorRecord field, named in a sentence and as a table column."""
+
+    field: str
+    name: str
+    heading: str
+
+
+SELF_DEVICE = OperatorBasis("self_device_ms", "self device time", "Self device time (ms)")
+SELF_CPU = OperatorBasis("self_cpu_ms", "self CPU time", "Self CPU time (ms)")
+TOTAL = OperatorBasis("total_time_ms", "total time", "Total (ms)")
+
+
+def _row(values: dict[str, Any]) -> OperatorRecord | None:
+    try:
+        return OperatorRecord.model_validate({k: v for k, v in values.items() if k in OperatorRecord.model_fields})
+    except ValidationError:
+        return None  # a row without a stage, name or call count cannot be shown
+
+
+def operator_rows(record: RunRecord, operators: pd.DataFrame | None = None) -> list[OperatorRecord]:
+    """Every operator row of the run: operators.csv's table when given, else the record's top_operators and
+    top_operators_by_stage lists, each (stage, name) once."""
+    if operators is not None and len(operators):
+        return [row for values in operators.to_dict(orient="records") if (row := _row(values)) is not None]
+    rows: dict[tuple[str, str], OperatorRecord] = {}
+    for row in [*record.top_operators, *(r for listed in record.top_operators_by_stage.values() for r in listed)]:
+        rows.setdefault((row.stage, row.name), row)
+    return list(rows.values())
+
+
+def operator_basis(rows: list[OperatorRecord]) -> OperatorBasis:
+    """Self device time when the run measured device time (a GPU run), else self CPU time; total time only
+    when the rows carry no self time at all (then nested operators can each appear)."""
+    for basis in (SELF_DEVICE, SELF_CPU):
+        if sum(value for row in rows if (value := finite(getattr(row, basis.field))) is not None) > 0:
+            return basis
+    return TOTAL
+
+
+def ranked_operators(rows: list[OperatorRecord], basis: OperatorBasis) -> list[tuple[OperatorRecord, float]]:
+    """(row, its time on `basis`) for every row that has one, largest first (ties keep the rows' order)."""
+    ranked = [(row, value) for row in rows if (value := finite(getattr(row, basis.field))) is not None]
+    return sorted(ranked, key=lambda item: item[1], reverse=True)
+
+
+def top_operator(record: RunRecord, stage: StageRecord, rows: list[OperatorRecord] | None = None,
+                 basis: OperatorBasis | None = None) -> tuple[OperatorRecord, float, float | None] | None:
+    """(row, its time on `basis`, share of the stage's profiled time or None) of the stage's largest operator;
+    `rows` default to the record's lists, `basis` to `operator_basis(rows)`."""
+    rows = operator_rows(record) if rows is None else rows
+    basis = basis or operator_basis(rows)
+    own = [row for row in rows if (resolved := resolve_stage(record, row.stage)) is not None
+           and resolved.key == stage.key]
+    ranked = ranked_operators(own, basis)
+    if not ranked:
         return None
-    top = max(rows, key=lambda row: row.total_time_ms)
-    whole = finite(stage.profiled.profiled_ms) if stage.profiled is not None else None
-    share = top.total_time_ms / whole if whole else None
-    return top.name, top.calls, top.total_time_ms, share
+    top, value = ranked[0]
+    return top, value, operator_share(value, stage)
 
 
-def _operators(record: RunRecord) -> dict[str, str]:
+def _operators(record: RunRecord, operators: pd.DataFrame | None = None) -> dict[str, str]:
     takeaways = {}
+    rows = operator_rows(record, operators)
+    basis = operator_basis(rows)
     for stage in record.stages:
-        top = top_operator(record, stage)
+        top = top_operator(record, stage, rows, basis)
         if top is None:
             continue
-        name, calls, total, share = top
+        row, value, share = top
         where = (f"directly in {stage.label} (outside the stages nested in it)" if record.children(stage.key)
                  else f"in {stage.label}")
-        text = f"The largest operator {where} is {name}: {total:.2f} ms total over {calls} calls in the profiled pass"
+        if basis is TOTAL:
+            text = f"The largest operator {where} is {row.name}: {value:.2f} ms total"
+        else:
+            text = (f"The operator with the most {basis.name} {where} (its own time, not that of the operators it "
+                    f"calls) is {row.name}: {value:.2f} ms")
+        text += f" over {row.calls} calls in the profiled pass"
         if share is not None:
             text += f", {pct(share)} of {stage.label}'s profiled time ({stage.profiled.profiled_ms:.2f} ms)"
         takeaways[f"top operator, {stage.label}"] = text + "."
@@ -230,8 +296,9 @@ def _energy(record: RunRecord) -> str | None:
     return text + (f"; the GPU drew {power:.1f} W on average." if power is not None else ".")
 
 
-def derive_takeaways(record: RunRecord) -> dict[str, str]:
-    """{topic: one sentence with its supporting numbers} (topics and rules in the module docstring)."""
+def derive_takeaways(record: RunRecord, operators: pd.DataFrame | None = None) -> dict[str, str]:
+    """{topic: one sentence with its supporting numbers} (topics and rules in the module docstring);
+    `operators` is the run's operators.csv table when there is one (else the record's operator lists)."""
     takeaways: dict[str, str] = {}
     end_to_end = _end_to_end(record)
     if end_to_end:
@@ -243,7 +310,7 @@ def derive_takeaways(record: RunRecord) -> dict[str, str]:
     for topic, text in (("decode", _decode(record)), ("prefill", _prefill(record))):
         if text:
             takeaways[topic] = text
-    takeaways.update(_operators(record))
+    takeaways.update(_operators(record, operators))
     headline = headline_overheads(record)
     if headline:
         parts = [f"{label} {ratio:.2f}x" for label, ratio in headline.items()]

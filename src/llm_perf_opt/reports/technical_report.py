@@ -246,7 +246,7 @@ def write_technical_report(record: RunRecord, path: str | Path, operators: pd.Da
     operator_section(md, record, operators, kernels, top_n)
     energy_section(md, record)
     header(md, "Takeaways")
-    takeaways = derive_takeaways(record)
+    takeaways = derive_takeaways(record, operators)
     if takeaways:
         bullets(md, [f"**{k}**: {v}" for k, v in takeaways.items()])
     else:
