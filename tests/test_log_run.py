@@ -72,7 +72,9 @@ def test_a_run_directory_is_logged_with_everything_and_names_its_run(measured, w
     [run] = read_runs(uri, workspace)
     out = capsys.readouterr().out.strip().splitlines()
     assert out == [f"{run_dir}: logged as run {run['run_id']} (FINISHED) to {uri}"]
-    assert run["status"] == "FINISHED" and run["run_name"] == "deepseek_ocr2-tiny-cpu"
+    # The name a live run of this config gets (family-preset-image mode-dtype-device), and its description.
+    assert run["status"] == "FINISHED" and run["run_name"] == "deepseek_ocr2-tiny-global768-fp32-cpu"
+    assert "TTFT (prefill p50)" in run["tags"]["mlflow.note.content"]
     assert run["metrics"] == pytest.approx(local.metrics)
     params, tags = run["params"], run["tags"]
     assert params["model.family"] == "deepseek_ocr2" and params["profiling.repeats"] == "2"

@@ -9,6 +9,7 @@ part is skipped with a note. The output directory is written completely before t
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from llm_perf_opt.compare.verdicts import (
     verdict_table,
 )
 from llm_perf_opt.record import RECORD_FILE, RunRecord
+from llm_perf_opt.reports.run_note import comparison_note
 from llm_perf_opt.schema import StageTree
 from llm_perf_opt.sinks.run_directory import RunDirectory
 from llm_perf_opt.tracking.mlflow_tracker import MlflowTracker, flatten, resolve_tracking_uri
@@ -250,7 +252,8 @@ def _write_tables(out: RunDirectory, cfg: DictConfig, uri: str, selection: RunSe
 
 def _track(cfg: DictConfig, uri: str, out: RunDirectory, baseline: str, run_ids: list[str],
            mismatches: dict[str, list[str]], verdicts: pd.DataFrame) -> MlflowTracker:
-    """The comparison's own MLflow run: tags linking the compared runs, verdict counts, every output file."""
+    """The comparison's own MLflow run: tags and a description (links to the compared runs), verdict counts,
+    every output file."""
     ids_tag, truncated = _truncated_ids(run_ids)
     tracker = MlflowTracker(uri, cfg.tracking.experiment, bool(cfg.tracking.enabled))
     tracker.start(cfg.tracking.run_name or f"compare-{len(run_ids)}-runs-vs-{baseline[:8]}", {
@@ -261,6 +264,8 @@ def _track(cfg: DictConfig, uri: str, out: RunDirectory, baseline: str, run_ids:
         "compare.run_count": len(run_ids),
     })
     tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    listed = json.loads(out.file("compared_runs.json").read_text(encoding="utf-8"))["runs"]  # _write_tables wrote it
+    tracker.set_note(comparison_note(({**run, "name": run.get("mlflow.runName")} for run in listed), baseline))
     counted = {"compare/runs": float(len(run_ids)), "compare/env_mismatched_runs": float(len(mismatches))}
     if not verdicts.empty:  # counts only when verdicts were computed: a skipped test is not "0 regressed"
         counts = verdicts["verdict"].value_counts()

@@ -23,8 +23,10 @@ from omegaconf import OmegaConf
 
 from llm_perf_opt import record as run_record
 from llm_perf_opt.errors import InputError
-from llm_perf_opt.record import RunRecord, record_tags
-from llm_perf_opt.tracking.mlflow_tracker import RUN_UID_TAG, flatten, resolve_tracking_uri
+from llm_perf_opt.record import record_tags
+from llm_perf_opt.reports.run_note import run_note
+from llm_perf_opt.runners.identity import run_name, run_params, run_tags
+from llm_perf_opt.tracking.mlflow_tracker import NOTE_TAG, cut_note, resolve_tracking_uri
 from llm_perf_opt.tracking.store import StoreUnavailable, prepare_store
 from llm_perf_opt.tracking.upload import RunUpload, UploadError, upload_run
 
@@ -47,16 +49,6 @@ def _config(run_dir: Path) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def _tags(record: RunRecord, run_dir: Path) -> dict[str, str]:
-    """The tags the profile pipeline sets (runners/profile.py `_start_tracking`), from the record."""
-    workload, env = record.workload, record.env
-    tags = {"llm_perf_opt.kind": "profile", "model": workload.family, "preset": workload.preset,
-            "device": env.get("device_name"), "dtype": workload.dtype, "torch": env.get("torch"),
-            "driver_version": env.get("driver_version"), "git_sha": env.get("git_sha"), "run_dir": str(run_dir),
-            RUN_UID_TAG: record.run.run_uid, **record_tags(record)}
-    return {k: str(v) for k, v in tags.items() if v is not None}
-
-
 def plan_upload(run_dir: Path, experiment: str | None) -> RunUpload:
     """What to log for one directory. InputError: not a run directory; NotLoggable: still RUNNING."""
     run_dir = run_dir.resolve()
@@ -66,14 +58,11 @@ def plan_upload(run_dir: Path, experiment: str | None) -> RunUpload:
                           "died before ending its record): not logged")
     config = _config(run_dir)
     tracking = config.get("tracking") if isinstance(config.get("tracking"), dict) else {}
-    workload = record.workload.model_dump(mode="json")
-    params = flatten(config)
-    params.update({f"workload.{k}": v for k, v in workload.items() if not isinstance(v, (dict, list))})
-    params["workload.num_inputs"] = len(record.workload.inputs)
-    device_type = str(record.workload.device).split(":", 1)[0]
-    run_name = tracking.get("run_name") or f"{record.workload.family}-{record.workload.preset}-{device_type}"
+    tags = {**run_tags(record.workload, record.env, run_dir, record.run.run_uid), **record_tags(record),
+            NOTE_TAG: cut_note(run_note(record))}
     return RunUpload(run_dir=run_dir, record=record, experiment=experiment or tracking.get("experiment")
-                     or DEFAULT_EXPERIMENT, run_name=str(run_name), params=params, tags=_tags(record, run_dir))
+                     or DEFAULT_EXPERIMENT, run_name=str(tracking.get("run_name") or run_name(record.workload)),
+                     params=run_params(config, record.workload), tags=tags)
 
 
 def log_runs(run_dirs: list[str], uri: str, experiment: str | None = None, out: TextIO | None = None,

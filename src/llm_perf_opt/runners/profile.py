@@ -47,9 +47,11 @@ from llm_perf_opt.passes.timed import TimedResult, TimedSample, iter_timed_sampl
 from llm_perf_opt.profiling.export import operator_summary_for_metrics
 from llm_perf_opt.record import ProfiledPassInfo, RunInfo, RunRecord, WorkloadInfo, record_tags
 from llm_perf_opt.reports import write_reports
+from llm_perf_opt.reports.run_note import run_note
+from llm_perf_opt.runners.identity import run_name, run_params, run_tags
 from llm_perf_opt.runners.lifecycle import interrupts
 from llm_perf_opt.sinks.run_directory import RunDirectory
-from llm_perf_opt.tracking.mlflow_tracker import MlflowTracker, flatten, resolve_tracking_uri
+from llm_perf_opt.tracking.mlflow_tracker import MlflowTracker, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +127,9 @@ def _start_parts(cfg: DictConfig, workload: Workload, out: RunDirectory) -> RunP
 
 def _start_tracking(tracker: MlflowTracker, cfg: DictConfig, workload: Workload, parts: RunParts,
                     out: RunDirectory) -> None:
-    info, env = workload.info, parts.env
-    tracker.start(cfg.tracking.run_name or f"{workload.family}-{info.get('preset')}-{workload.device.type}", {
-        "llm_perf_opt.kind": "profile", "model": workload.family, "preset": info.get("preset"),
-        "device": env.get("device_name"), "dtype": info.get("dtype"), "torch": env.get("torch"),
-        "driver_version": env.get("driver_version"), "git_sha": env.get("git_sha"), "run_dir": str(out.path),
-        "llm_perf_opt.run_uid": parts.run.run_uid,
-    })
-    params = flatten(OmegaConf.to_container(cfg, resolve=True))
-    params.update({f"workload.{k}": v for k, v in info.items() if not isinstance(v, (dict, list))})
-    params["workload.num_inputs"] = len(workload.inputs)
-    tracker.log_params(params)
+    info = parts.workload
+    tracker.start(cfg.tracking.run_name or run_name(info), run_tags(info, parts.env, out.path, parts.run.run_uid))
+    tracker.log_params(run_params(OmegaConf.to_container(cfg, resolve=True), info))
     parts.run.mlflow_run_id, parts.run.tracking_uri = tracker.run_id, tracker.uri
 
 
@@ -269,6 +263,7 @@ def _mirror(tracker: MlflowTracker, record: RunRecord, out: RunDirectory) -> Non
     """Metrics, tags and every file of the run directory to the MLflow run."""
     tracker.log_metrics(record.metrics)
     tracker.set_tags(record_tags(record))
+    tracker.set_note(run_note(record))
     if tracker.errors:
         out.write_text("tracking_error.txt", "\n".join(tracker.errors) + "\n")
     tracker.log_artifacts(out.path)

@@ -14,6 +14,10 @@
 - A run whose mirror is incomplete (an MLflow call failed after the run was created) does not end
   FINISHED: `finish` ends it FAILED, tagged `llm_perf_opt.incomplete_mirror` with the first error
   (and `llm_perf_opt.record_status` with the run's own status); `log-run` completes such a run.
+- How runs read in the UI: the run's experiment (ours, or the launcher's under `mlflow run`) is tagged
+  `mlflow.experimentKind=custom_model_development` unless it has a kind already (else the UI opens it in
+  its GenAI view); under `mlflow run` the launcher's random run name is replaced by ours; `set_note`
+  writes the run's description (`mlflow.note.content`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ BATCH = 100  # MLflow's per-request limit for params
 INCOMPLETE_TAG = "llm_perf_opt.incomplete_mirror"  # the MLflow run lacks data the run directory has
 RECORD_STATUS_TAG = "llm_perf_opt.record_status"   # the run's own status, when the MLflow run ended otherwise
 RUN_UID_TAG = "llm_perf_opt.run_uid"
+RUN_NAME_TAG = "mlflow.runName"
+NOTE_TAG = "mlflow.note.content"      # the run's description in the UI (Markdown)
+NOTE_LIMIT = 8000                     # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # the UI's runs view; without the tag it opens the GenAI view
 
 
 def resolve_tracking_uri(uri: str | None, base_dir: str | Path) -> str:
@@ -70,6 +79,24 @@ def upload_command(run_dir: str | Path, tracking_uri: str | None = None) -> str:
 
 def upload_hint(run_dir: str | Path, tracking_uri: str | None = None) -> str:
     return f"upload it later with: {upload_command(run_dir, tracking_uri)}"
+
+
+def mark_experiment_kind(uri: str, experiment_id: str) -> None:
+    """Tag the experiment EXPERIMENT_KIND_TAG=EXPERIMENT_KIND, unless it has a kind already (set by its owner)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def cut_note(text: str, limit: int = NOTE_LIMIT) -> str:
+    """`text` within a tag value's limit, cut at a line end with a last line saying so."""
+    if len(text) <= limit:
+        return text
+    marker = "\n... (cut: the run's artifacts hold the full text)\n"
+    head = text[:limit - len(marker)]
+    return head[:head.rfind("\n")] + marker if "\n" in head else head + marker
 
 
 def _first_line(text: str) -> str:
@@ -117,8 +144,9 @@ class MlflowTracker:
             return None
 
     def start(self, run_name: str | None, tags: Mapping[str, str]) -> str | None:
-        """Check the store, then start (or, under `mlflow run`, resume) the run. An unusable store makes the
-        tracker offline with one error line, quickly (a 3 s health check, or the SQLite set-up)."""
+        """Check the store, then start (or, under `mlflow run`, resume and rename to `run_name`) the run, and
+        mark its experiment's kind. An unusable store makes the tracker offline with one error line, quickly
+        (a 3 s health check, or the SQLite set-up)."""
         if not self.enabled:
             return None
         resumed = os.environ.get("MLFLOW_RUN_ID")
@@ -129,7 +157,7 @@ class MlflowTracker:
             self._record(unavailable_message(self.uri, str(exc)))
             return None
 
-        def _start() -> str:
+        def _start() -> tuple[str, str]:
             import mlflow
 
             mlflow.set_tracking_uri(self.uri)
@@ -138,10 +166,13 @@ class MlflowTracker:
             else:
                 exp_id = experiment_id or mlflow.set_experiment(self.experiment).experiment_id
                 run = mlflow.start_run(run_name=run_name, experiment_id=exp_id)
-            return run.info.run_id
+            return run.info.run_id, run.info.experiment_id
 
-        self.run_id = self._guard("start_run", _start)
-        self.set_tags(tags)
+        started = self._guard("start_run", _start)
+        if started is not None:
+            self.run_id, run_experiment = started
+            self._guard("set_experiment_tag", lambda: mark_experiment_kind(self.uri, run_experiment))
+        self.set_tags({**tags, RUN_NAME_TAG: run_name} if resumed and run_name else tags)
         return self.run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -156,6 +187,10 @@ class MlflowTracker:
 
         if tags:
             self._guard("set_tags", _set)
+
+    def set_note(self, text: str) -> None:
+        """The run's description in the MLflow UI (Markdown), cut to a tag value's limit."""
+        self.set_tags({NOTE_TAG: cut_note(text)})
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         def _log() -> None:

@@ -27,6 +27,7 @@ from llm_perf_opt.tracking.mlflow_tracker import (
     RUN_UID_TAG,
     TAG_NOTE_LIMIT,
     log_new_params,
+    mark_experiment_kind,
 )
 from llm_perf_opt.tracking.store import prepare_sqlite
 
@@ -94,9 +95,12 @@ def experiment_id(uri: str, name: str) -> str:
     if uri.lower().startswith("sqlite:"):
         found = prepare_sqlite(uri, name)
         if found is not None:
+            mark_experiment_kind(uri, found)
             return found
     mlflow.set_tracking_uri(uri)
-    return mlflow.set_experiment(name).experiment_id
+    found = mlflow.set_experiment(name).experiment_id
+    mark_experiment_kind(uri, found)  # the UI's model-development view, as for runs logged live
+    return found
 
 
 def name_run(run_dir: Path, record: RunRecord, run_id: str, uri: str) -> None:
