@@ -7,7 +7,15 @@ import warnings
 import pytest
 import torch
 
-from llm_perf_opt.analysis.peaks import DTYPES, PEAK_TABLE, HardwarePeaks, lookup_peaks, ridge_point, with_calibration
+from llm_perf_opt.analysis.peaks import (
+    DTYPES,
+    PEAK_TABLE,
+    HardwarePeaks,
+    lookup_peaks,
+    measured_peaks,
+    ridge_point,
+    with_calibration,
+)
 from llm_perf_opt.errors import InputError
 from llm_perf_opt.passes.calibration import calibrate, matmul_dtype
 
@@ -131,9 +139,25 @@ def test_with_calibration_adds_achievable_peaks():
     assert isinstance(only, HardwarePeaks) and only.peak_tflops is None and only.achievable_tflops == 790.0
 
 
-def test_calibrate_on_cpu_warns_and_returns_none():
-    with pytest.warns(UserWarning, match="CUDA"):
-        assert calibrate("cpu", "fp32") is None
+def test_calibrate_on_cpu_measures_a_bounded_gemm_and_copy():
+    measured = calibrate("cpu", "fp32")
+    assert measured["gemm_size"] == 1024 and measured["copy_bytes_moved"] == 2 * (64 << 20)  # the bounded sizes
+    # A CPU reaches between a GFLOP/s and a few hundred TFLOP/s, and copies between 0.1 and 10,000 GB/s.
+    assert 1e-3 < measured["achievable_tflops"] < 500 and 0.1 < measured["achievable_bandwidth_gbps"] < 1e4
+
+
+def test_calibrate_refuses_other_devices_with_a_warning():
+    with pytest.warns(UserWarning, match="CUDA device or a CPU"):
+        assert calibrate("meta", "fp32") is None
+
+
+def test_measured_peaks_are_the_peaks_of_an_unknown_device_and_say_so():
+    measured = {"achievable_tflops": 0.2, "achievable_bandwidth_gbps": 40.0, "gemm_size": 1024.0,
+                "copy_bytes_moved": float(2 * (64 << 20))}
+    peaks = measured_peaks("AMD EPYC", "fp32", measured)
+    assert (peaks.peak_tflops, peaks.peak_bandwidth_gbps) == (0.2, 40.0)
+    assert peaks.ridge_flop_per_byte == pytest.approx(5.0)  # 0.2e12 / 40e9
+    assert peaks.source.startswith("measured on this device") and "1024x1024 GEMM" in peaks.source
 
 
 @pytest.mark.gpu

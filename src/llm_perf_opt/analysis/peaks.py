@@ -177,7 +177,7 @@ def _override(overrides: Mapping[str, Any] | None, key: str) -> float | None:
 
 
 def lookup_peaks(
-    device_name: str, dtype: str, overrides: Mapping[str, Any] | None = None
+    device_name: str, dtype: str, overrides: Mapping[str, Any] | None = None, warn_unknown: bool = True
 ) -> HardwarePeaks | None:
     """Peaks for `device_name` at `dtype`: config overrides win over the table; unknown -> warn once, None.
 
@@ -195,6 +195,8 @@ def lookup_peaks(
     bandwidth_override = _override(overrides, "peak_bandwidth_gbps")
 
     if found is None and tflops_override is None and bandwidth_override is None:
+        if not warn_unknown:  # the caller measures the device instead
+            return None
         warnings.warn(
             f"no peak figures for device '{device_name}' ({dtype_key}): MFU, MBU and the roofline's roofs are "
             "not computed. Set hardware.peak_tflops and hardware.peak_bandwidth_gbps (or hardware.name=<a key "
@@ -245,3 +247,18 @@ def with_calibration(
                              achievable_bandwidth_gbps=measured["achievable_bandwidth_gbps"])
     return dataclasses.replace(peaks, achievable_tflops=measured["achievable_tflops"],
                                achievable_bandwidth_gbps=measured["achievable_bandwidth_gbps"])
+
+
+def measured_peaks(device_name: str, dtype: str, measured: Mapping[str, float]) -> HardwarePeaks:
+    """Peaks for a device the table lacks (a CPU, an unknown GPU): what `calibrate` measured on it, used as
+    the peak (MFU = achieved / measured GEMM rate), and labelled as measured, not specified."""
+    size = int(measured.get("gemm_size", 0))
+    moved_mib = measured.get("copy_bytes_moved", 0.0) / 2 / 2**20
+    return HardwarePeaks(
+        name=device_name, dtype=normalize_dtype(dtype), peak_tflops=measured["achievable_tflops"],
+        peak_bandwidth_gbps=measured["achievable_bandwidth_gbps"],
+        source=(f"measured on this device (no spec peak for '{device_name}' in the table): {size}x{size} GEMM "
+                f"in {normalize_dtype(dtype)}, {moved_mib:.0f} MiB copy"),
+        achievable_tflops=measured["achievable_tflops"],
+        achievable_bandwidth_gbps=measured["achievable_bandwidth_gbps"],
+    )

@@ -38,25 +38,34 @@ def _median_ms(clock: StageClock, op, warmup: int, repeats: int) -> float:
     return float(np.median([clock.elapsed_ms(a, b) for a, b in marks]))
 
 
+# Bounded sizes: a GEMM and a copy of these sizes take well under a second each on a CPU, a few
+# milliseconds on a data-centre GPU (where the larger sizes fill the device and exceed L2).
+SIZES = {"cuda": (8192, 1 << 30), "cpu": (1024, 64 << 20)}
+
+
 def calibrate(
     device: torch.device | str,
     dtype: str | torch.dtype,
-    gemm_size: int = 8192,
-    copy_bytes: int = 1 << 30,
+    gemm_size: int | None = None,
+    copy_bytes: int | None = None,
     warmup: int = 3,
     repeats: int = 20,
 ) -> dict[str, float] | None:
-    """Measure achievable GEMM TFLOP/s and copy GB/s on a CUDA device (None + one warning elsewhere).
+    """Measure achievable GEMM TFLOP/s and copy GB/s on a CUDA device or a CPU (None + a warning elsewhere).
 
     GEMM: C = A @ B with A, B of gemm_size^2 elements in `dtype` -> 2 * gemm_size^3 FLOPs per product.
-    Copy: dst.copy_(src) of `copy_bytes` -> 2 * copy_bytes bytes moved (read + write), far larger
-    than L2 so it measures device memory.
+    Copy: dst.copy_(src) of `copy_bytes` -> 2 * copy_bytes bytes moved (read + write), larger than the
+    last-level cache so it measures memory. Sizes default to SIZES of the device type (bounded time).
     """
     device = torch.device(device)
-    if device.type != "cuda":
-        warnings.warn(f"hardware.calibrate needs a CUDA device, not {device}: no achievable peaks are measured",
+    if device.type not in SIZES:
+        warnings.warn(f"calibration needs a CUDA device or a CPU, not {device}: no achievable peaks are measured",
                       stacklevel=2)
         return None
+    gemm_size = gemm_size or SIZES[device.type][0]
+    copy_bytes = copy_bytes or SIZES[device.type][1]
+    if device.type == "cpu":
+        repeats = min(repeats, 5)  # bounded: a few seconds at most on a slow CPU
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32,
                    "fp32": torch.float32}[normalize_dtype(dtype)]
     clock = StageClock(device)
@@ -82,7 +91,8 @@ def calibrate(
         copy_ms = _median_ms(clock, functools.partial(dst.copy_, src), warmup, repeats)
     moved_bytes = 2 * numel * 4
     del src, dst
-    torch.cuda.empty_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return {
         "achievable_tflops": 2.0 * n**3 / (gemm_ms * 1e-3) / 1e12,
         "achievable_bandwidth_gbps": moved_bytes / (copy_ms * 1e-3) / 1e9,

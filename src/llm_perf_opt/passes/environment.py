@@ -57,6 +57,21 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13", "Intel(R) Xeon(R) ..."), not just its architecture: Linux's
+    /proc/cpuinfo, else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    name = line.split(":", 1)[1].strip()
+                    if name:
+                        return name
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def capture_environment(device: torch.device, project_root: Path, workload_info: dict[str, Any]) -> dict[str, Any]:
     import transformers
 
@@ -65,7 +80,8 @@ def capture_environment(device: torch.device, project_root: Path, workload_info:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "hostname": platform.node(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_arch": platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from llm_perf_opt.analysis.energy import energy_per_stage
-from llm_perf_opt.analysis.peaks import lookup_peaks, with_calibration
+from llm_perf_opt.analysis.peaks import lookup_peaks, measured_peaks, with_calibration
 from llm_perf_opt.assembly import ProfiledTables, RunParts, build_record
 from llm_perf_opt.config import PROJECT_ROOT, validate
 from llm_perf_opt.data import load_pages
@@ -117,9 +117,11 @@ def _start_parts(cfg: DictConfig, workload: Workload, out: RunDirectory) -> RunP
                                        "image_tokens": i.image_tokens, **i.meta} for i in workload.inputs]})
     out.write_json("workload.json", info.model_dump(mode="json"))
     peak_dtype = matmul_dtype(workload.info["dtype"])
-    peaks = lookup_peaks(env["device_name"], peak_dtype, cfg.hardware)
-    if cfg.hardware.calibrate:
-        peaks = with_calibration(peaks, calibrate(workload.device, peak_dtype), env["device_name"], peak_dtype)
+    peaks = lookup_peaks(env["device_name"], peak_dtype, cfg.hardware, warn_unknown=False)
+    if peaks is None or cfg.hardware.calibrate:  # not in the peak table: measure it (bounded), so MFU/MBU exist
+        measured = calibrate(workload.device, peak_dtype)
+        peaks = (with_calibration(peaks, measured, env["device_name"], peak_dtype) if peaks is not None
+                 else measured_peaks(env["device_name"], peak_dtype, measured) if measured else None)
     run = RunInfo(run_dir=str(out.path), run_uid=uuid.uuid4().hex, started_at=_now())
     return RunParts(tree=workload.stages, run=run, workload=info, env=env, peaks=peaks,
                     launch_busy_share=float(cfg.hardware.launch_busy_share))
