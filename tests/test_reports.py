@@ -16,6 +16,7 @@ import pytest
 
 from llm_perf_opt.record import OperatorRecord, load
 from llm_perf_opt.reports import derive_recommendations, derive_takeaways, write_reports
+from llm_perf_opt.reports.stage_breakdown import plot_stage_breakdown, timed_stages
 from llm_perf_opt.reports.stakeholder_summary import write_stakeholder_summary
 from records import OPERATORS, build_record, gpu_record, write_run_dir
 
@@ -50,7 +51,7 @@ def test_write_reports_writes_every_file_of_a_gpu_run(tmp_path):
     run_dir = write_run_dir(gpu_record(), tmp_path / "run", operators=OPERATORS, kernels=KERNELS)
     written = write_reports(run_dir)
     assert written == [run_dir / "report.md", run_dir / "stakeholder_summary.md", run_dir / "operators.md",
-                       run_dir / "roofline.png"]
+                       run_dir / "roofline.png", run_dir / "stage_breakdown.png"]
     assert (run_dir / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -59,7 +60,8 @@ def test_write_reports_without_profiled_pass_or_peaks(tmp_path):
     record = build_record(costs={"prefill": (4.0e12, 2.0e10)})
     assert record.stage("prefill").efficiency.achieved_tflops == pytest.approx(4.0e12 / 0.120 / 1e12)
     run_dir = write_run_dir(record, tmp_path / "run")
-    assert write_reports(run_dir) == [run_dir / "report.md", run_dir / "stakeholder_summary.md"]
+    assert write_reports(run_dir) == [run_dir / "report.md", run_dir / "stakeholder_summary.md",
+                                      run_dir / "stage_breakdown.png"]
     report = (run_dir / "report.md").read_text()
     assert "No operator data: the profiled pass did not run." in report
     assert "## Efficiency" in report and "|MFU|" not in report, "no peaks: no MFU column"
@@ -353,3 +355,13 @@ def test_reports_written_by_run_profile_cite_every_stage(tmp_path, tracking_uri)
         for stage in record.stages:
             if stage.profiled is not None and stage.key in record.top_operators_by_stage:
                 assert f"## Stage {stage.label}: top" in operators, stage.key
+
+
+def test_stage_breakdown_draws_each_timed_stage_nested_under_its_parent(tmp_path):
+    record = gpu_record()
+    rows = timed_stages(record)
+    timed = [s for s in record.stages if s.mean() is not None]
+    assert [ms for _, ms, _, _ in rows] == [s.mean() for s in timed]  # one bar per timed stage, record order
+    depth = {s.key: len(record.tree().ancestors(s.key)) for s in timed}
+    assert [label for label, *_ in rows] == ["    " * depth[s.key] + s.label for s in timed]
+    assert plot_stage_breakdown(record, tmp_path / "breakdown.png").stat().st_size > 0

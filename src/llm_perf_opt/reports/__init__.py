@@ -48,8 +48,8 @@ def _csv(path: Path) -> pd.DataFrame | None:
 
 
 def write_reports(run_dir: str | Path, top_n: int | None = None) -> list[Path]:
-    """Write report.md, stakeholder_summary.md, operators.md (with operators.csv) and roofline.png (when a
-    stage has efficiency with intensity and achieved TFLOP/s and the record has hardware peaks) into
+    """Write report.md, stakeholder_summary.md, operators.md (with operators.csv), stage_breakdown.png and
+    roofline.png (when a stage has efficiency with intensity and achieved TFLOP/s and the record has peaks) into
     `run_dir`, from its metrics.json and CSVs alone. Returns the paths written.
 
     `top_n` (operators per stage) defaults to the length of the record's top_operators, else 10.
@@ -63,8 +63,9 @@ def write_reports(run_dir: str | Path, top_n: int | None = None) -> list[Path]:
                write_stakeholder_summary(record, run_dir / STAKEHOLDER_FILE, operators)]
     if operators is not None:
         written.append(write_operators_markdown(record, operators, kernels, run_dir / OPERATORS_FILE, top_n))
-    from llm_perf_opt.reports import roofline  # matplotlib: loaded only when a report is written
+    from llm_perf_opt.reports import roofline, stage_breakdown  # matplotlib: loaded only when a report is written
 
     if roofline.can_plot(record):
         written.append(roofline.plot_roofline(record, run_dir / ROOFLINE_FILE))
-    return written
+    breakdown = stage_breakdown.plot_stage_breakdown(record, run_dir / stage_breakdown.BREAKDOWN_FILE)
+    return written + ([breakdown] if breakdown is not None else [])
