@@ -1,20 +1,23 @@
 """How long does `llm-perf-opt compare` take to summarise 1,000 tracked runs? (goal: <= 10 s)
 
-Creates 1,000 profile runs in a temporary SQLite MLflow store, each with the metric, param and tag
-set a real DeepSeek-OCR-2 GPU run logs (about 150 metrics named by llm_perf_opt.schema, 62 params,
-8 tags; one `log_batch` per run; not timed), then times the summary the compare command builds: one
-search_runs query, the headline table with ratios to the baseline, and the environment check from
-tags (no per-sample verdicts, which read files per run; no run record, so stages in name order).
+Creates 1,000 profile runs in a temporary SQLite MLflow store (or, with `--server`, in a real
+`mlflow server` on a throwaway PostgreSQL, started with tests/servers.py: the team set-up of docs/team.md),
+each with the metric, param and tag set a real DeepSeek-OCR-2 GPU run logs (its 70 MLflow metrics named
+by llm_perf_opt.schema, 62 params, 8 tags; one `log_batch` per run; not timed), then times the summary
+the compare command builds: one search_runs query, the headline table with ratios to the baseline, and
+the environment check from tags (no per-sample verdicts, which read files per run; no run record, so
+stages in name order).
 Prints the seconds and the machine; then, for reference, the whole compare command in-process
 (config, summary, comparison.md/csv, plots of the first 30 runs, the comparison MLflow run with its
 artifacts).
 
-    python benchmarks/compare_1000_runs.py [--runs 1000] [--repeats 3]
+    python benchmarks/compare_1000_runs.py [--runs 1000] [--repeats 3] [--server]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -29,30 +32,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from llm_perf_opt.compare.comparison import summarize_runs  # noqa: E402
 from llm_perf_opt.compare.environment import environment_mismatches  # noqa: E402
 from llm_perf_opt.compare.selection import RunSelection  # noqa: E402
-from llm_perf_opt.schema import DECODE, DEVICE_GROUP, E2E, PREFILL, RUN_GROUP, STATS, StageTree, metric_key  # noqa: E402
+from llm_perf_opt.record import UI_STATS  # noqa: E402
+from llm_perf_opt.schema import (  # noqa: E402
+    DECODE,
+    DEVICE_GROUP,
+    E2E,
+    PREFILL,
+    RUN_GROUP,
+    THROUGHPUT_GROUP,
+    StageTree,
+    metric_key,
+)
 
 SUB_STAGES = [("vision", "sam"), ("vision", "encoder"), ("vision", "projector")]  # DeepSeek-OCR-2's stage map
 EXPERIMENT = "bench-compare"
 
 
 def metric_names() -> list[str]:
-    """The metric names of a GPU profile run of that workload, made by the schema."""
+    """The metric names a GPU profile run of that workload logs to MLflow (record.flat_metrics' set)."""
     tree = StageTree.from_paths(SUB_STAGES)
-    timed = {stage.key: ["ms"] for stage in tree}
-    timed[DECODE] += ["tpot_ms", "step_ms", "tokens_per_s"]
-    timed[E2E] += ["tokens_per_s"]
-    timed[PREFILL] += ["peak_mem_mib"]
-    timed[DECODE] += ["peak_mem_mib"]
-    names = [metric_key(stage, quantity, stat) for stage, quantities in timed.items() for quantity in quantities
-             for stat in STATS]
+    names = []
     for stage in tree:
-        if stage.key == E2E:
-            continue
-        names += [metric_key(stage.key, q) for q in ("share_of_parent", f"{stage.cost_prefix}flops",
-                                                     f"{stage.cost_prefix}bytes", "tflops", "gbps", "mfu", "mbu",
-                                                     "intensity")]
-    names += [metric_key(E2E, "energy_j", "mean"), metric_key(PREFILL, "energy_j", "mean"),
+        quantities = ["tpot_ms", "ms"] if stage.key == DECODE else ["ms"]
+        names += [metric_key(stage.key, q, s) for q in quantities for s in UI_STATS]
+        names += [metric_key(stage.key, q) for q in ("mfu_pct", "mbu_pct")]
+        if stage.key != E2E:
+            names.append(metric_key(stage.key, "share_pct"))
+    names += [metric_key(PREFILL, "peak_mem_mib", "max"), metric_key(DECODE, "peak_mem_mib", "max"),
+              metric_key(E2E, "energy_j", "mean"), metric_key(PREFILL, "energy_j", "mean"),
               metric_key(DECODE, "energy_j_per_token")]
+    names += [metric_key(THROUGHPUT_GROUP, q) for q in ("pages_per_s", "tokens_per_s", "decode_tokens_per_s")]
     names += [metric_key(DEVICE_GROUP, q) for q in ("power_w_mean", "power_w_max", "sm_clock_mhz_mean",
                                                      "util_pct_mean", "temp_c_max")]
     return names + [metric_key(RUN_GROUP, "samples")]
@@ -89,12 +98,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3, help="timed summaries (the first includes imports' warm-up)")
+    parser.add_argument("--server", action="store_true", help="a real mlflow server on PostgreSQL instead of SQLite")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp, contextlib.ExitStack() as stack:
         os.chdir(tmp)  # MLflow's default artifact root (./mlruns) stays in the temporary directory
-        uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        created_s = populate(uri, args.runs)
+        uri = backend = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        if args.server:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from servers import mlflow_server, postgres_server
+
+            backend = stack.enter_context(postgres_server())
+            uri = stack.enter_context(mlflow_server(backend, Path(tmp) / "artifacts", log=Path(tmp) / "server.log"))
+            print(f"store: mlflow server {uri} on {backend}")
+        # Populated straight into the store behind the server (not timed; HTTP would only make it slower);
+        # everything timed below goes through the server's REST API, as a team's compare does.
+        created_s = populate(backend if args.server else uri, args.runs)
         print(f"created {args.runs} runs with {len(metric_names())} metrics each in {created_s:.1f} s (not timed)")
         timings = []
         for _ in range(args.repeats):

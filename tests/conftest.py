@@ -50,3 +50,29 @@ def demo_root() -> Path:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CPU-only machine)")
+
+
+class TeamServer:
+    """A running team tracking server: `uri` (its http tracking URI), `artifacts` (its --artifacts-destination,
+    where proxied artifacts land), `backend` (the PostgreSQL SQLAlchemy URL it stores runs in)."""
+
+    def __init__(self, uri: str, artifacts: Path, backend: str) -> None:
+        self.uri, self.artifacts, self.backend = uri, artifacts, backend
+
+    def __repr__(self) -> str:
+        return f"TeamServer(uri={self.uri!r}, artifacts={str(self.artifacts)!r}, backend={self.backend!r})"
+
+
+@pytest.fixture(scope="session")
+def team_server(tmp_path_factory):
+    """A real `mlflow server` on a throwaway PostgreSQL with proxied artifacts (tests/servers.py), shared by the
+    session; skipped, with the reason, only where PostgreSQL cannot run at all."""
+    from servers import mlflow_server, postgres_available, postgres_server
+
+    available, reason = postgres_available()
+    if not available:
+        pytest.skip(f"team server: {reason}")
+    root = tmp_path_factory.mktemp("team_server")
+    artifacts = root / "artifacts"
+    with postgres_server() as backend, mlflow_server(backend, artifacts, log=root / "mlflow-server.log") as uri:
+        yield TeamServer(uri, artifacts, backend)

@@ -19,7 +19,7 @@ from llm_perf_opt.schema import column
 API_DOC = REPO_ROOT / "docs" / "api.md"
 EXPERIMENT = "api-docs"
 STAGE = "body_layers"  # a sub-stage of the custom model's linear stack (stage map body/layers)
-PEAKS = ["hardware.peak_tflops=1", "hardware.peak_bandwidth_gbps=10"]  # so that <stage>/mfu is logged on a CPU
+PEAKS = ["hardware.peak_tflops=1", "hardware.peak_bandwidth_gbps=10"]  # so that <stage>/mfu_pct is logged on a CPU
 
 
 def python_blocks(text: str) -> list[str]:
@@ -44,7 +44,7 @@ def test_api_doc_snippets_run_against_real_runs(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("LLM_PERF_OPT_API_STAGE", STAGE)
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     blocks = python_blocks(API_DOC.read_text(encoding="utf-8"))
-    assert len(blocks) == 6
+    assert len(blocks) == 7
     ns: dict = {}
     for i, block in enumerate(blocks):
         exec(compile(block, f"{API_DOC}:block{i + 1}", "exec"), ns)
@@ -64,7 +64,8 @@ def test_api_doc_snippets_run_against_real_runs(tmp_path: Path, monkeypatch: pyt
     stage_runs = ns["stage_runs"].set_index("run_id")
     for run_id, rec in records.items():
         assert stage_runs.loc[run_id, f"metrics.{STAGE}/ms_p50"] == pytest.approx(rec.stage(STAGE).stats["ms"].p50)
-        assert stage_runs.loc[run_id, f"metrics.{STAGE}/mfu"] == pytest.approx(rec.stage(STAGE).efficiency.mfu)
+        mfu = rec.stage(STAGE).efficiency.mfu
+        assert stage_runs.loc[run_id, f"metrics.{STAGE}/mfu_pct"] == pytest.approx(100 * mfu)
     rec = ns["rec"]
     assert rec.run.mlflow_run_id == newest.mlflow_run_id
     assert rec.stage(STAGE).parent == "body" and ns["tree"].ancestors(STAGE) == ["body", "prefill", "e2e"]
@@ -85,3 +86,11 @@ def test_api_doc_snippets_run_against_real_runs(tmp_path: Path, monkeypatch: pyt
     assert set(verdicts["run_id"]) == {newest.mlflow_run_id}
     assert {"prefill/ms", f"{STAGE}/ms", "decode/tpot_ms"} <= set(verdicts["metric"])
     assert len(verdicts) == len(outcome.verdicts)
+
+    # 5. The newest run's traces: one per input, prefill as long as that input's sample says.
+    traces = ns["traces"]
+    assert len(traces) == len(newest.record.workload.inputs) == 1
+    prefill = next(s for s in traces[0].data.spans if s.name == "prefill")
+    sample = samples.set_index("repeat").loc[ns["trace"].data.spans[0].inputs["repeat"]]
+    assert (prefill.end_time_ns - prefill.start_time_ns) / 1e6 == pytest.approx(sample[column("prefill", "ms")],
+                                                                               rel=1e-3)

@@ -36,6 +36,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import CONF_DIR, FAST, REPO_ROOT, compose_config
 from llm_perf_opt import record as run_record
+from llm_perf_opt.analysis.throughput import run_throughput
 from llm_perf_opt.compare import run_comparison
 from llm_perf_opt.compare.directions import metric_direction
 from llm_perf_opt.compare.operator_diff import operator_diff
@@ -182,7 +183,7 @@ def synthetic_record(samples: pd.DataFrame, steps: pd.DataFrame, run_dir: str, t
                                             inputs=[InputInfo(input_id="page-0", prompt_tokens=64),
                                                     InputInfo(input_id="page-1", prompt_tokens=64)]),
                       env={"device_name": "synthetic-cpu", "dtype": "float32"}, samples=len(samples),
-                      stages=stages)
+                      stages=stages, throughput=run_throughput(samples))
     return built.model_copy(update={"metrics": flat_metrics(built)})
 
 
@@ -239,7 +240,8 @@ def test_direction_is_decided_by_the_parsed_quantity_not_the_stage_name():
         "prefill/peak_mem_mib_max": "lower", "decode/energy_j_per_token": "lower", "e2e/energy_j_mean": "lower",
         "e2e/tokens_per_s_mean": "higher", "decode/tokens_per_s_p50": "higher", "prefill/mfu": "higher",
         "decode/mbu": "higher", "prefill/mfu_achievable": "higher", "prefill/tflops": "higher",
-        "decode/gbps": "higher",
+        "decode/gbps": "higher", "prefill/mfu_pct": "higher", "decode/mbu_pct": "higher", "vision/share_pct": None,
+        "throughput/pages_per_s": "higher", "throughput/decode_tokens_per_s": "higher",
         "prefill/flops": None, "decode/step_bytes": None, "vision/share_of_parent": None, "prefill/intensity": None,
         "prefill/profiler_overhead_ratio": None, "gpu/power_w_mean": None, "run/samples": None,
         # Stage keys that spell units: only the quantity after the '/' counts.
@@ -254,19 +256,19 @@ def test_default_headline_comes_from_the_schema_in_the_baseline_tree_order():
     record = synthetic_record(samples, steps, "/runs/a", mfu={PREFILL: 0.3, DECODE: 0.1})
     frame = search_frame({"a": record, "b": record, "c": record})
     frame["metrics.gpu/power_w_mean"] = 300.0  # a device reading: no stage, never a headline
-    frame.loc[1, f"metrics.{metric_key(DECODE, 'mfu')}"] = np.nan  # b did not log it
-    frame.loc[0, f"metrics.{metric_key(E2E, 'tokens_per_s', 'mean')}"] = np.nan  # the baseline lacks it
+    frame.loc[1, f"metrics.{metric_key(DECODE, 'mfu_pct')}"] = np.nan  # b did not log it
+    frame.loc[0, "metrics.throughput/tokens_per_s"] = np.nan  # the baseline lacks it
     frame.loc[2, "metrics.prefill/ms_p50"] *= 1.5
     table = summary_table(frame, "a", tree=record.tree())
     stage_p50s = [metric_key(k, "ms", "p50") for k in ("prefill", "body", "body_layers", "body_layers_attn",
                                                         "body_layers_mlp", "body_embed", "head", "decode", "e2e")]
-    headline = stage_p50s + ["decode/tpot_ms_p50", "e2e/tokens_per_s_mean", "prefill/mfu", "decode/mfu",
-                             "prefill/mbu", "decode/mbu"]
+    headline = stage_p50s + ["decode/tpot_ms_p50", "throughput/pages_per_s", "throughput/tokens_per_s",
+                             "prefill/mfu_pct", "decode/mfu_pct", "prefill/mbu_pct", "decode/mbu_pct"]
     assert [c for c in table.columns if c.startswith(RATIO_PREFIX)] == [f"{RATIO_PREFIX}{m}" for m in headline]
     assert table.loc["c", f"{RATIO_PREFIX}prefill/ms_p50"] == pytest.approx(1.5)
     assert table.loc["a", f"{RATIO_PREFIX}prefill/ms_p50"] == 1.0
-    assert np.isnan(table.loc["b", "decode/mfu"]) and np.isnan(table.loc["b", "ratio:decode/mfu"])
-    assert table[f"{RATIO_PREFIX}e2e/tokens_per_s_mean"].isna().all()  # no ratio against a missing baseline
+    assert np.isnan(table.loc["b", "decode/mfu_pct"]) and np.isnan(table.loc["b", "ratio:decode/mfu_pct"])
+    assert table[f"{RATIO_PREFIX}throughput/tokens_per_s"].isna().all()  # no ratio against a missing baseline
     assert not (table.select_dtypes("number") == 0).any().any()
     # Without a record the same metrics are shown, known stages first, the others by name.
     untreed = [c for c in summary_table(frame, "a").columns if c.startswith(RATIO_PREFIX)]
@@ -366,7 +368,8 @@ def test_stage_stack_draws_a_two_level_group_once_inside_prefill(tmp_path):
     assert list(plots.stage_stack(summary).columns) == [plots.PREFILL_OTHER, DECODE]
     assert plots.plot_stage_times(summary, tmp_path / "stages.png", tree).stat().st_size > 0
     assert plots.plot_efficiency(summary, tmp_path / "efficiency.png", tree).stat().st_size > 0
-    assert plots.plot_efficiency(summary.drop(columns=["prefill/mfu", "decode/mfu", "prefill/mbu", "decode/mbu"]),
+    assert plots.plot_efficiency(summary.drop(columns=["prefill/mfu_pct", "decode/mfu_pct", "prefill/mbu_pct",
+                                                       "decode/mbu_pct"]),
                                  tmp_path / "none.png", tree) is None
     sampled = {"a": {"samples.csv": samples}, "b": {"samples.csv": slow_samples}}
     assert plots.distribution_columns(tree) == ["prefill_ms", "body_ms", "head_ms", "decode_ms", "decode_tpot_ms",
@@ -480,7 +483,7 @@ def test_synthetic_store_verdicts_summary_and_report_use_schema_names(store, tmp
     assert ratios[:9] == [metric_key(k, "ms", "p50") for k in ("prefill", "body", "body_layers", "body_layers_attn",
                                                                "body_layers_mlp", "body_embed", "head", "decode",
                                                                "e2e")]
-    assert ratios[9:] == ["decode/tpot_ms_p50", "e2e/tokens_per_s_mean"]
+    assert ratios[9:] == ["decode/tpot_ms_p50", "throughput/pages_per_s", "throughput/tokens_per_s"]
     assert outcome.summary.loc[slow, "ratio:body_layers_attn/ms_p50"] == pytest.approx(3.0)
     md = (outcome.out_dir / "comparison.md").read_text()
     assert md.startswith("# Run comparison") and "|body_layers_attn/ms_p50|lower is better|" in md
@@ -675,12 +678,12 @@ def test_selection_by_filter_and_last_n(runs, tmp_path):
     with pytest.raises(InputError, match="at least two"):
         run_comparison(compare_config(runs["uri"], f"select.run_ids=[{ids['base']}]", "tracking.enabled=false"),
                        tmp_path / "one")
-    extra = run_comparison(compare_config(runs["uri"], "select.last=2", "summary.extra_metrics=[decode/step_ms_p90]",
+    extra = run_comparison(compare_config(runs["uri"], "select.last=2", "summary.extra_metrics=[decode/ms_p90]",
                                           "verdicts.enabled=false", "plots.enabled=false", "tracking.enabled=false"),
                            tmp_path / "extra")
     ratios = [c for c in extra.summary.columns if c.startswith(RATIO_PREFIX)]
-    assert ratios[-1] == "ratio:decode/step_ms_p90"  # appended after the default set
-    assert extra.summary.loc[ids["same"], "ratio:decode/step_ms_p90"] == pytest.approx(1.0)  # `same` is the baseline
+    assert ratios[-1] == "ratio:decode/ms_p90"  # appended after the default set
+    assert extra.summary.loc[ids["same"], "ratio:decode/ms_p90"] == pytest.approx(1.0)  # `same` is the baseline
 
 
 def test_operator_diff_from_logged_operators_csv(runs, tmp_path):

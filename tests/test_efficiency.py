@@ -94,10 +94,13 @@ def test_without_peaks_only_achieved_rates_are_reported():
     assert result["bound"] is None
     samples = pd.DataFrame({"prefill_ms": [4.0, 4.0]})
     record = _record(StageTree.from_paths([]), samples=samples, stage_costs={"prefill": {"flops": 1e9, "bytes": 1e8}})
-    rates = {k: v for k, v in record.metrics.items()
-             if k.startswith("prefill/") and not k.startswith(("prefill/ms_", "prefill/share"))}
-    assert rates == {"prefill/flops": 1e9, "prefill/bytes": 1e8, "prefill/tflops": pytest.approx(0.25),
-                     "prefill/gbps": pytest.approx(25.0), "prefill/intensity": pytest.approx(10.0)}
+    prefill = record.stage("prefill")
+    assert (prefill.flops, prefill.bytes) == (1e9, 1e8)
+    assert prefill.efficiency.achieved_tflops == pytest.approx(0.25)
+    assert prefill.efficiency.achieved_gbps == pytest.approx(25.0)
+    assert prefill.efficiency.intensity_flop_per_byte == pytest.approx(10.0)
+    # MLflow gets the percentages only: without peaks there are none, and no rate keys either.
+    assert not [k for k in record.metrics if k.startswith("prefill/") and ("mfu" in k or "mbu" in k)]
     assert record_tags(record) == {}
 
 
@@ -123,16 +126,16 @@ def test_record_takes_each_stage_time_from_its_own_column_and_names_metrics_and_
     time_ms = {s.key: s.efficiency.time_ms for s in record.stages if s.efficiency is not None}
     assert time_ms == {"prefill": 10.0, "vision_sam": 3.0, "vision": 4.0, "decode": 2.0, "e2e": 25.0}
     assert record.stage("vision_encoder").efficiency is None, "no costs, no rates"
-    metrics = record.metrics
-    assert metrics["vision_sam/tflops"] == pytest.approx(1.0)           # 3 GFLOP in 3 ms
-    assert metrics["vision_sam/mfu"] == pytest.approx(0.5)
-    assert metrics["decode/tflops"] == pytest.approx(0.01)             # 20 MFLOP per step in 2 ms
-    assert metrics["decode/mbu"] == pytest.approx(2.5)                 # 200 MB in 2 ms = 100 GB/s over 40
-    assert metrics["e2e/tflops"] == pytest.approx(10.14e9 / 25e-3 / 1e12)
-    assert metrics["decode/step_flops"] == 2e7 and metrics["decode/step_bytes"] == 2e8
-    assert "decode/flops" not in metrics, "decode's costs are per step"
-    for suffix in ("tflops", "mfu", "gbps", "mbu", "intensity"):
-        assert f"vision_sam/{suffix}" in metrics and f"decode/{suffix}" in metrics
+    eff = {s.key: s.efficiency for s in record.stages if s.efficiency is not None}
+    assert eff["vision_sam"].achieved_tflops == pytest.approx(1.0)      # 3 GFLOP in 3 ms
+    assert eff["vision_sam"].mfu == pytest.approx(0.5)
+    assert eff["decode"].achieved_tflops == pytest.approx(0.01)         # 20 MFLOP per step in 2 ms
+    assert eff["decode"].mbu == pytest.approx(2.5)                      # 200 MB in 2 ms = 100 GB/s over 40
+    assert eff["e2e"].achieved_tflops == pytest.approx(10.14e9 / 25e-3 / 1e12)
+    metrics = record.metrics  # MLflow: MFU and MBU in percent, in each stage's section
+    assert metrics["vision_sam/mfu_pct"] == pytest.approx(50.0) and metrics["decode/mbu_pct"] == pytest.approx(250.0)
+    for stage in ("vision_sam", "decode", "prefill", "vision", "e2e"):
+        assert f"{stage}/mfu_pct" in metrics and f"{stage}/mbu_pct" in metrics, stage
     assert not [k for k in metrics if k.startswith("efficiency/")], "the old spelling is gone"
     # Ridge 50 FLOP/byte: vision_sam 100 (compute), vision 10 and decode 0.1 (memory).
     assert record_tags(record) == {"prefill/bound": "compute", "vision_sam/bound": "compute",

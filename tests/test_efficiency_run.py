@@ -48,9 +48,9 @@ def test_linear_stack_gives_exact_flops_and_mfu_equals_flops_over_time_over_peak
         sample_flops / (samples["e2e_ms"].mean() / 1e3) / (PEAK_TFLOPS * 1e12), rel=1e-12)
     client = mlflow.MlflowClient(uri)
     logged = client.get_run(outcome.mlflow_run_id).data
-    assert logged.metrics["prefill/mfu"] == pytest.approx(prefill.efficiency.mfu)
-    assert logged.metrics["prefill/flops"] == PROMPT * per_token
-    assert logged.metrics["decode/step_flops"] == per_token
+    assert logged.metrics["prefill/mfu_pct"] == pytest.approx(100 * prefill.efficiency.mfu)
+    assert logged.metrics["decode/mbu_pct"] == pytest.approx(100 * decode.efficiency.mbu)
+    assert prefill.flops == PROMPT * per_token and decode.flops == per_token
     assert logged.tags["decode/bound"] == decode.efficiency.bound and decode.efficiency.bound in ("memory", "compute")
     assert "roofline.png" in {a.path for a in client.list_artifacts(outcome.mlflow_run_id)}
 
@@ -75,7 +75,8 @@ def test_declared_costs_of_a_factory_reach_the_record_and_mlflow(tmp_path, model
         seconds = stage.mean(stage.time_quantity) / 1e3
         assert stage.efficiency.mbu == pytest.approx(bytes_moved / seconds / (PEAK_GBPS * 1e9), rel=1e-12)
     logged = mlflow.MlflowClient(uri).get_run(outcome.mlflow_run_id).data.metrics
-    assert logged["prefill/bytes"] == bytes_moved and logged["decode/step_bytes"] == bytes_moved
+    for key in ("prefill", "decode"):
+        assert logged[f"{key}/mbu_pct"] == pytest.approx(100 * run.stage(key).efficiency.mbu), key
 
 
 def test_a_device_without_a_spec_peak_is_measured_and_gets_mfu(tmp_path):
@@ -91,5 +92,5 @@ def test_a_device_without_a_spec_peak_is_measured_and_gets_mfu(tmp_path):
     assert run.env["device_name"] == run.env["cpu"] == (model or run.env["cpu"]) and run.env["cpu_arch"]
     prefill = run.stage("prefill")
     assert prefill.efficiency.mfu == pytest.approx(prefill.efficiency.achieved_tflops / run.hardware.peak_tflops)
-    assert outcome.metrics["prefill/mfu"] > 0 and outcome.metrics["decode/mbu"] > 0
+    assert outcome.metrics["prefill/mfu_pct"] > 0 and outcome.metrics["decode/mbu_pct"] > 0
     assert (outcome.run_dir / "roofline.png").exists()

@@ -228,14 +228,12 @@ def test_counted_pass_stage_costs_groups_e2e_and_metric_names(deepseek_global768
         run_dir="run", run_uid="test-run", started_at="t0"),
                                    workload=workload, env={}, stage_costs=costs,
                                    measured_over_analytic=result.measured_over_analytic))
-    metrics = record.metrics
-    assert metrics["prefill/flops"] == counted.prefill_flops
-    assert metrics["vision_sam/bytes"] == analytic["vision_sam"].bytes
-    assert metrics["vision/flops"] == costs["vision"]["flops"]
-    assert metrics["decode/step_flops"] == counted.decode_step_mean_flops
-    assert "decode/flops" not in metrics and "vision/sam_bytes" not in metrics
+    assert record.stage("prefill").flops == counted.prefill_flops
+    assert record.stage("vision_sam").bytes == analytic["vision_sam"].bytes
+    assert record.stage("vision").flops == costs["vision"]["flops"]
+    assert record.stage("decode").flops == counted.decode_step_mean_flops  # decode's costs are per step
     for stage in ("prefill", *subs, "decode"):
-        assert metrics[f"{stage}/flops_measured_over_analytic"] == pytest.approx(1.0, rel=0.05)
+        assert record.stage(stage).flops_measured_over_analytic == pytest.approx(1.0, rel=0.05)
 
 
 def test_efficiency_stage_costs_without_an_analytic_model_have_no_bytes(caplog):

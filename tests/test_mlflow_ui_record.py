@@ -120,8 +120,8 @@ def test_comparison_note_links_the_compared_runs_and_marks_the_baseline(two_runs
     outcome = run_comparison(cfg, tmp_path / "out")
     client = mlflow.MlflowClient(uri)
     run = client.get_run(outcome.mlflow_run_id)
-    links = re.findall(r"^- \[([^\]]+)\]\(#/experiments/(\w+)/runs/(\w+)\)( \(baseline\))?$",
-                       run.data.tags[NOTE_TAG], re.MULTILINE)
+    link = r"^- \[([^\]]+)\]\(#/experiments/(\w+)/runs/(\w+)\?workflowType=machine_learning\)( \(baseline\))?$"
+    links = re.findall(link, run.data.tags[NOTE_TAG], re.MULTILINE)  # links open the Model training view
     expected = []
     for profiled in (first, second):
         info = client.get_run(profiled.mlflow_run_id).info

@@ -123,6 +123,11 @@ def test_hand_trace_self_times_stages_and_device_attribution():
     # Memory: bytes charged to the innermost op containing the allocator event.
     assert addmm["self_cpu_memory_bytes"] == 1024 and conv["self_cpu_memory_bytes"] == -512
     assert linear["self_cpu_memory_bytes"] == 0
+    # One level of the tree: linear is a top-level call (its parent is the stage range) with its kernels'
+    # time; addmm, t and view run inside it and have no top-level calls.
+    assert (linear["top_level_calls"], linear["top_level_ms"]) == (1, pytest.approx(0.015))
+    assert all(_row(ops, "prefill", n)["top_level_calls"] == 0 for n in ("aten::addmm", "aten::t", "aten::view"))
+    assert conv["top_level_calls"] == 1 and _row(ops, "prefill", "aten::mul")["top_level_calls"] == 1
 
     kernels = kernel_table(attribution)
     assert _row(kernels, "prefill", "gemm_kernel")["device_ms"] == pytest.approx(0.015)
@@ -152,6 +157,7 @@ def test_hand_trace_on_cpu_uses_cpu_time_and_leaves_device_columns_empty():
     linear = _row(ops, "prefill", "aten::linear")
     assert linear["total_time_ms"] == pytest.approx(0.040) and linear["mean_time_ms"] == pytest.approx(0.040)
     assert ops["self_device_ms"].isna().all() and ops["total_device_ms"].isna().all()
+    assert linear["top_level_ms"] == pytest.approx(0.040) and _row(ops, "prefill", "aten::addmm")["top_level_ms"] == 0
 
 
 def test_load_trace_reads_gzip(tmp_path):
@@ -287,7 +293,7 @@ def test_record_profiled_stages_per_input_and_per_decode_step(profiled, workload
     # FLOP coverage on real operators: every stage runs matmuls/attention (counted) and elementwise ops (not),
     # so its share is strictly between 0 and 1; 1.0 would mean the registry's names miss the profiler's.
     for stage in ("prefill", "decode", *subs):
-        assert 0.0 < record.metrics[f"{stage}/no_formula_share"] < 1.0, stage
+        assert 0.0 < record.stage(stage).profiled.no_formula_share < 1.0, stage
 
 
 def test_profiler_overhead_ratios_and_names():
@@ -307,16 +313,16 @@ def test_profiler_overhead_ratios_and_names():
     steps = pd.DataFrame({"decode_step_ms": [1.0, 3.0, 2.0, 2.0]})
     record = _record(tree, samples=samples, decode_steps=steps,
                      profiled=ProfiledTables(operators, stage_times, _info(2, 2), formula_operator_names()))
-    metrics = record.metrics
-    assert metrics["prefill/profiler_overhead_ratio"] == pytest.approx(1.5)
-    assert metrics["vision_sam/profiler_overhead_ratio"] == pytest.approx(1.5)
-    assert metrics["decode/profiler_overhead_ratio"] == pytest.approx(1.5), "per step, not per decode_ms"
-    assert "vision_encoder/profiler_overhead_ratio" not in metrics, "a zero timed time gives no ratio"
+    ratio = {s.key: s.profiled.profiler_overhead_ratio for s in record.stages if s.profiled is not None}
+    assert ratio["prefill"] == pytest.approx(1.5)
+    assert ratio["vision_sam"] == pytest.approx(1.5)
+    assert ratio["decode"] == pytest.approx(1.5), "per step, not per decode_ms"
+    assert ratio.get("vision_encoder") is None, "a zero timed time gives no ratio"
     # A group: its children's summed profiled time over its own timed mean (vision_ms = the children's sum).
     assert record.stage("vision").profiled.per_execution_ms == pytest.approx(17.0)
-    assert metrics["vision/profiler_overhead_ratio"] == pytest.approx(17.0 / 8.0)
-    assert metrics["vision_sam/no_formula_share"] == pytest.approx(0.25)
-    assert not [k for k in metrics if k.startswith("overhead/")], "the old spelling is gone"
+    assert ratio["vision"] == pytest.approx(17.0 / 8.0)
+    assert record.stage("vision_sam").profiled.no_formula_share == pytest.approx(0.25)
+    assert not [k for k in record.metrics if "overhead" in k], "overhead stays in metrics.json and report.md"
 
 
 # --- the operator table against torch.profiler's own totals -----------------------------------------
@@ -468,6 +474,6 @@ def test_profiled_pass_on_gpu_attributes_kernels(tmp_path):
     # On a GPU coverage is by self device time: prefill and decode run counted matmuls and uncounted
     # elementwise kernels; a sub-stage may be all matmul (the projector is one linear layer: share 0).
     for stage in ("prefill", "decode"):
-        assert 0.0 < record.metrics[f"{stage}/no_formula_share"] < 1.0, stage
+        assert 0.0 < record.stage(stage).profiled.no_formula_share < 1.0, stage
     for stage in vision:
-        assert 0.0 <= record.metrics[f"{stage}/no_formula_share"] < 1.0, stage
+        assert 0.0 <= record.stage(stage).profiled.no_formula_share < 1.0, stage

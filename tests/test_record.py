@@ -49,13 +49,21 @@ def test_round_trip_through_metrics_json(tmp_path):
 
 def test_flat_metrics_and_tags_come_from_the_schema():
     rec = _record()
-    assert rec.metrics == {"prefill/ms_mean": 10.0, "prefill/ms_min": 10.0, "prefill/ms_max": 10.0,
-                           "prefill/ms_p50": 10.0, "prefill/ms_p90": 10.0, "prefill/ms_p99": 10.0,
-                           "vision_sam/ms_mean": 4.0, "vision_sam/ms_min": 4.0, "vision_sam/ms_max": 4.0,
-                           "vision_sam/ms_p50": 4.0, "vision_sam/ms_p90": 4.0, "vision_sam/ms_p99": 4.0,
-                           "decode/tpot_ms_mean": 2.0, "decode/tpot_ms_min": 2.0, "decode/tpot_ms_max": 2.0,
-                           "decode/tpot_ms_p50": 2.0, "decode/tpot_ms_p90": 2.0, "decode/tpot_ms_p99": 2.0,
-                           "decode/step_flops": 1e9, "decode/mbu": 0.25, "run/samples": 1.0}
+    by_key = {s.key: s for s in rec.stages}
+    by_key["prefill"].share_of_parent = 0.00031  # a fraction the UI's two decimals would show as 0.00
+    by_key["decode"].stats["ms"] = _stats(6.0)
+    by_key["decode"].stats["step_ms"] = _stats(2.0)
+    rec.throughput = {"pages_per_s": 0.5, "tokens_per_s": 12.0}
+    # One section per stage: its time's p50/p90/p99/mean (decode: TPOT and its total), share, MFU and MBU
+    # in percent; std/min/max, FLOPs and step times stay in metrics.json and the tables.
+    assert record.flat_metrics(rec) == {
+        "prefill/ms_p50": 10.0, "prefill/ms_p90": 10.0, "prefill/ms_p99": 10.0, "prefill/ms_mean": 10.0,
+        "prefill/share_pct": pytest.approx(0.031),
+        "vision_sam/ms_p50": 4.0, "vision_sam/ms_p90": 4.0, "vision_sam/ms_p99": 4.0, "vision_sam/ms_mean": 4.0,
+        "decode/tpot_ms_p50": 2.0, "decode/tpot_ms_p90": 2.0, "decode/tpot_ms_p99": 2.0, "decode/tpot_ms_mean": 2.0,
+        "decode/ms_p50": 6.0, "decode/ms_p90": 6.0, "decode/ms_p99": 6.0, "decode/ms_mean": 6.0,
+        "decode/mbu_pct": 25.0,  # mfu was NaN: not measured, so not logged
+        "throughput/pages_per_s": 0.5, "throughput/tokens_per_s": 12.0, "run/samples": 1.0}
     assert all(math.isfinite(v) for v in rec.metrics.values())
     assert record.record_tags(rec) == {"decode/bound": "memory"}
 

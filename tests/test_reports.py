@@ -192,6 +192,30 @@ def test_cost_centres_rank_by_self_time_so_nested_work_counts_once(tmp_path, on_
     assert f"aten::addmm: {9.0 * scale:.2f} ms" in text.split("## Takeaways")[1], "the summary's takeaway agrees"
 
 
+@pytest.mark.parametrize("on_device", [True, False])
+def test_cost_centres_show_one_level_of_the_operator_tree(tmp_path, on_device):
+    """With top-level columns (every run since they exist): the calls the model code makes, inclusive time."""
+    record = gpu_record(operators=[row[:4] for row in NESTED],
+                        profiled={"decode": {"ranges": 7, "profiled_ms": NESTED_DECODE_MS}})
+    run_dir = write_run_dir(record, tmp_path / "run", operators=[row[:4] for row in NESTED], on_device=on_device)
+    frame = pd.read_csv(run_dir / "operators.csv")
+    top = {"aten::linear": 10.0, "aten::scaled_dot_product_attention": 3.81, "aten::cat": 2.0}  # the others nest
+    frame["top_level_calls"] = [7 if name in top else 0 for name in frame["name"]]
+    frame["top_level_ms"] = [top.get(name, 0.0) for name in frame["name"]]
+    frame.to_csv(run_dir / "operators.csv", index=False)
+    write_reports(run_dir)
+    text = (run_dir / "stakeholder_summary.md").read_text()
+    assert "|Time incl. what it calls (ms)|Calls|Share of stage|" in text and "no listed operator runs inside" in text
+    rows = _cost_centres(text)
+    assert [row[1:5] for row in rows] == [["aten::linear", "decode", "10.00", "7"],
+                                          ["aten::scaled_dot_product_attention", "decode", "3.81", "7"],
+                                          ["aten::cat", "decode", "2.00", "7"]]
+    shares = sum(float(row[5].rstrip("%")) for row in rows)  # shown with one decimal
+    assert shares == pytest.approx(100 * 15.81 / NESTED_DECODE_MS, abs=0.15)
+    takeaway = derive_takeaways(load(run_dir), pd.read_csv(run_dir / "operators.csv"))["top operator, decode"]
+    assert "is aten::linear: 10.00 ms over 7 calls" in takeaway
+
+
 def test_cost_centres_from_the_records_lists_without_operators_csv(tmp_path):
     record = build_record(operators=[row[:4] for row in NESTED])
     lists = [OperatorRecord(stage=s, name=n, calls=c, total_time_ms=t, self_cpu_ms=own) for s, n, c, t, own in NESTED]

@@ -142,8 +142,8 @@ def test_comparison_efficiency_tick_labels_do_not_collide(tmp_path):
              "candidate-cuda-graphs-decode", "candidate-global1024-image-mode"]
     summary = pd.DataFrame({"run_name": names, "baseline": [True] + [False] * 4}, index=runs)
     for i, stage in enumerate(stages):
-        for kind in ("mfu", "mbu"):
-            summary[f"{stage}/{kind}"] = np.linspace(0.1, 0.5, 5) / (i + 1)
+        for kind in ("mfu_pct", "mbu_pct"):
+            summary[f"{stage}/{kind}"] = np.linspace(10.0, 50.0, 5) / (i + 1)
             summary[f"{RATIO_PREFIX}{stage}/{kind}"] = 1.0
     figure = plots.efficiency_figure(summary, tree)
     assert figure is not None and len(figure.axes) == 2

@@ -252,3 +252,18 @@ def test_a_run_started_by_mlflow_run_is_resumed(monkeypatch, tmp_path, tracking_
     assert tracker.finish("FINISHED") == "FINISHED"
     assert client.get_run(launched).info.status == "FINISHED" and client.get_run(launched).data.tags["t"] == "1"
     assert client.get_experiment_by_name("ignored") is None
+
+
+def test_mlflow_runs_own_run_is_resumed_only_in_its_own_store(monkeypatch, tmp_path):
+    """`mlflow run` made its run in its local store, tracking.uri names another: a new run there, one warning."""
+    monkeypatch.chdir(tmp_path)
+    launcher, other = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'server.db'}"
+    client = mlflow.MlflowClient(launcher)
+    launched = client.create_run(client.create_experiment("Default-ish")).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched)
+    tracker = MlflowTracker(other, "mine")
+    with pytest.warns(UserWarning, match=r"is not in tracking.uri .*MLFLOW_TRACKING_URI=<uri> mlflow run"):
+        run_id = tracker.start("run", {"t": "1"})
+    assert run_id and run_id != launched and tracker.finish("FINISHED") == "FINISHED"
+    run = mlflow.MlflowClient(other).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["t"] == "1"

@@ -24,6 +24,7 @@ from llm_perf_opt.analysis.energy import EnergyReport
 from llm_perf_opt.analysis.peaks import HardwarePeaks
 from llm_perf_opt.analysis.stages import group_totals
 from llm_perf_opt.analysis.stats import stage_statistics
+from llm_perf_opt.analysis.throughput import run_throughput
 from llm_perf_opt.record import (
     Efficiency,
     EnergyInfo,
@@ -145,7 +146,7 @@ def build_record(parts: RunParts) -> RunRecord:
     record = RunRecord(
         status=parts.status, error=parts.error, run=parts.run, workload=parts.workload, env=parts.env,
         hardware=Peaks(**parts.peaks.as_record()) if parts.peaks else None,
-        samples=len(samples), stages=list(stages.values()),
+        samples=len(samples), stages=list(stages.values()), throughput=run_throughput(samples),
         device=dict(energy.device) if energy else {},
         profiled_pass=parts.profiled.info if parts.profiled else None,
         energy=EnergyInfo(methods=energy.methods, counter_period_ms=energy.counter_period_ms,

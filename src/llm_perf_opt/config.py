@@ -233,6 +233,8 @@ class TrackingConfig:
     uri: str | None = None
     experiment: str = "llm-perf-opt"
     run_name: str | None = None
+    system_metrics: bool = True
+    system_metrics_interval_s: float = 10.0
 
 
 @dataclass
@@ -245,6 +247,15 @@ class HardwareConfig:
 
 
 @dataclass
+class SweepConfig:
+    """How the jobs of a sweep (`-m`) share GPUs: one job per GPU (a lease, runners/gpu_lease.py)."""
+
+    gpu_assignment: bool = True       # each job on a GPU of its own (queueing when all are busy)
+    gpus: list[int] | None = None     # device indices the sweep may use; null: every visible GPU
+    jobs_per_gpu: int = 1             # >1 lets jobs share a GPU (their timings then disturb each other)
+
+
+@dataclass
 class ProfileConfig:
     """conf/config.yaml. `model` and `dataset` take the schema of the chosen option (Any here)."""
 
@@ -253,6 +264,7 @@ class ProfileConfig:
     profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     device: str = "auto"
     seed: int = 0
 
@@ -266,6 +278,7 @@ class SelectConfig:
     run_ids: Any = field(default_factory=list)  # [id1,id2] or "id1,id2"
     last: int | None = None
     status: str | None = "FINISHED"
+    sweep: str | None = None        # a sweep's parent run id: compare its children
 
 
 @dataclass
@@ -339,9 +352,11 @@ SCHEMAS: tuple[tuple[str | None, str, type], ...] = (
 
 # One short random suffix per process for run directory names (`${uid:}` in conf/config.yaml): two runs
 # started in the same second get different directories. A sweep's jobs are told apart by their job number.
+# Cached (like Hydra's `now`): Hydra copies a config's resolver cache into each job's config, so the jobs
+# of a sweep, in whatever process a launcher runs them, resolve the sweep directory to the launcher's.
 _PROCESS_UID = secrets.token_hex(4)
 if not OmegaConf.has_resolver("uid"):
-    OmegaConf.register_new_resolver("uid", lambda: _PROCESS_UID)
+    OmegaConf.register_new_resolver("uid", lambda: _PROCESS_UID, use_cache=True)
 
 
 def register_configs() -> None:
@@ -470,6 +485,14 @@ def _validate_profile(cfg: DictConfig) -> None:
         _at_least(cfg, "profiling.operators.top_n", 1, "rows per stage")
         _at_least(cfg, "profiling.counting.decode_steps", 0, "decode steps counted")
         _positive(cfg, "profiling.energy.interval_ms", "NVML sampling period")
+
+    if cfg.get("sweep") is not None:
+        _at_least(cfg, "sweep.jobs_per_gpu", 1, "jobs sharing one GPU")
+        gpus = cfg.sweep.gpus
+        if gpus is not None and (not len(gpus) or not all(_is_int(g) and g >= 0 for g in gpus)):
+            _fail("sweep.gpus", gpus, "is not a non-empty list of device indices", "set e.g. sweep.gpus=[0,1] or null")
+    if cfg.get("tracking") is not None and "system_metrics_interval_s" in cfg.tracking:
+        _positive(cfg, "tracking.system_metrics_interval_s", "MLflow system-metrics sampling period, seconds")
 
     if cfg.get("hardware") is not None:
         _positive(cfg, "hardware.peak_tflops", "overrides the peak table", nullable=True)

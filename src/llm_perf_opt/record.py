@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llm_perf_opt.errors import InputError
-from llm_perf_opt.schema import DEVICE_GROUP, RUN_GROUP, STATS, Stage, StageTree, metric_key, tag_key
+from llm_perf_opt.schema import DEVICE_GROUP, RUN_GROUP, THROUGHPUT_GROUP, Stage, StageTree, metric_key, tag_key
 
 SCHEMA_VERSION = 2
 RECORD_FILE = "metrics.json"
@@ -133,6 +133,18 @@ class InputInfo(_Model):
     image_tokens: int = 0
 
 
+class DatasetInfo(_Model):
+    """The inputs as one dataset (data.describe): logged as the MLflow run's dataset input."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    source: str                  # synthetic | omnidocbench
+    digest: str                  # SHA-256 (16 hex digits) over page ids, sizes and pixels
+    pages: int
+    uri: str | None = None       # where the pages were read from (none for synthetic pages)
+    generator: dict[str, Any] | None = None  # settings that regenerate synthetic pages
+
+
 class WorkloadInfo(_Model):
     """What ran. Family-specific details (image mode, routers switched, ...) are extra fields."""
 
@@ -146,6 +158,7 @@ class WorkloadInfo(_Model):
     warmup: int
     repeats: int
     moe_routing: str | None = None
+    dataset: DatasetInfo | None = None
     inputs: list[InputInfo]
 
 
@@ -197,6 +210,8 @@ class OperatorRecord(_Model):
     self_device_ms: float | None = None
     total_device_ms: float | None = None
     self_cpu_memory_bytes: float | None = None
+    top_level_calls: int | None = None   # calls made by the model code itself (not from inside another operator)
+    top_level_ms: float | None = None    # their inclusive time (device on a GPU, CPU otherwise)
 
 
 class RunRecord(_Model):
@@ -211,6 +226,7 @@ class RunRecord(_Model):
     hardware: Peaks | None = None
     samples: int = 0
     stages: list[StageRecord]
+    throughput: dict[str, float] = Field(default_factory=dict)  # pages_per_s, tokens_per_s, decode_tokens_per_s
     device: dict[str, float] = Field(default_factory=dict)  # gpu-wide readings: power_w_max, sm_clock_mhz_mean, ...
     profiled_pass: ProfiledPassInfo | None = None
     energy: EnergyInfo | None = None
@@ -232,42 +248,48 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-EFFICIENCY_METRICS = {  # Efficiency field -> metric quantity
-    "achieved_tflops": "tflops", "achieved_gbps": "gbps", "mfu": "mfu", "mbu": "mbu",
-    "intensity_flop_per_byte": "intensity", "mfu_achievable": "mfu_achievable", "mbu_achievable": "mbu_achievable",
-}
-PROFILED_METRICS = ("profiler_overhead_ratio", "no_formula_share", "busy_share")
+# What MLflow gets per stage (everything else stays in metrics.json, the tables and the reports):
+UI_STATS = ("p50", "p90", "p99", "mean")  # of the stage's time (and decode's total time)
+PERCENT_METRICS = {"mfu": "mfu_pct", "mbu": "mbu_pct"}  # Efficiency field -> metric quantity (x 100)
+
+
+def _time_quantities(stage: StageRecord) -> list[str]:
+    """The stage's time quantity (decode: tpot_ms) and, when different, its total time (ms)."""
+    return [q for q in dict.fromkeys((stage.time_quantity, "ms")) if q in stage.stats]
 
 
 def stage_metrics(stage: StageRecord) -> dict[str, float]:
-    """Every metric of one stage, keyed by the schema: <stage>/<quantity>[_<stat>]."""
+    """One stage's MLflow metrics, one UI section: <stage>/<time>_{p50,p90,p99,mean}, share_pct, mfu_pct,
+    mbu_pct, peak_mem_mib_max and energy. Fractions are logged in percent so that the UI's two-decimal
+    display keeps them (MFU 0.0039 shows as 0.39, not 0.00)."""
     key = stage.key
     flat: dict[str, float] = {}
-    for quantity, stats in stage.stats.items():
-        for stat in STATS:
-            value = getattr(stats, stat)
-            if _finite(value):
-                flat[metric_key(key, quantity, stat)] = value
-    scalars = {"share_of_parent": stage.share_of_parent,
-               f"{stage.cost_prefix}flops": stage.flops, f"{stage.cost_prefix}bytes": stage.bytes,
-               "flops_measured_over_analytic": stage.flops_measured_over_analytic}
+    for quantity in _time_quantities(stage):
+        stats = stage.stats[quantity]
+        flat.update({metric_key(key, quantity, stat): getattr(stats, stat) for stat in UI_STATS})
+    if (memory := stage.stats.get("peak_mem_mib")) is not None:
+        flat[metric_key(key, "peak_mem_mib", "max")] = memory.max
+    scalars: dict[str, float | None] = {}
+    if stage.share_of_parent is not None:
+        scalars["share_pct"] = 100.0 * stage.share_of_parent
     if stage.efficiency is not None:
-        scalars.update({quantity: getattr(stage.efficiency, field) for field, quantity in EFFICIENCY_METRICS.items()})
-    if stage.profiled is not None:
-        scalars.update({quantity: getattr(stage.profiled, quantity) for quantity in PROFILED_METRICS})
+        scalars.update({quantity: 100.0 * value for field, quantity in PERCENT_METRICS.items()
+                        if (value := getattr(stage.efficiency, field)) is not None})
     scalars.update({f"energy_j_{kind}": value for kind, value in stage.energy_j.items()})
     flat.update({metric_key(key, q): float(v) for q, v in scalars.items() if _finite(v)})
-    return flat
+    return {name: value for name, value in flat.items() if _finite(value)}
 
 
 def flat_metrics(record: RunRecord) -> dict[str, float]:
-    """The MLflow metrics of a run: every stage's, the device's (gpu/...) and run/samples."""
+    """The MLflow metrics of a run: one section per stage, throughput/..., gpu/... and run/samples, each to 7
+    significant digits (the UI's tables show a value's every digit; metrics.json keeps them all)."""
     flat: dict[str, float] = {}
     for stage in record.stages:
         flat.update(stage_metrics(stage))
+    flat.update({metric_key(THROUGHPUT_GROUP, q): v for q, v in record.throughput.items() if _finite(v)})
     flat.update({metric_key(DEVICE_GROUP, q): v for q, v in record.device.items() if _finite(v)})
     flat[metric_key(RUN_GROUP, "samples")] = float(record.samples)
-    return flat
+    return {name: float(f"{value:.7g}") for name, value in flat.items()}
 
 
 def record_tags(record: RunRecord) -> dict[str, str]:
@@ -325,8 +347,8 @@ def _type_name(annotation: Any) -> str:
 def schema_markdown() -> str:
     """metrics.json's schema as Markdown, from the types themselves (docs/metrics.md embeds it; a test
     checks that the two agree)."""
-    models = (RunRecord, RunInfo, WorkloadInfo, InputInfo, Peaks, StageRecord, Stats, Efficiency, ProfiledStage,
-              ProfiledPassInfo, EnergyInfo, OperatorRecord)
+    models = (RunRecord, RunInfo, WorkloadInfo, DatasetInfo, InputInfo, Peaks, StageRecord, Stats, Efficiency,
+              ProfiledStage, ProfiledPassInfo, EnergyInfo, OperatorRecord)
     lines = [f"schema_version {SCHEMA_VERSION}. Optional fields are null when not measured, never 0."]
     for model in models:
         doc = " ".join((model.__doc__ or "").split())

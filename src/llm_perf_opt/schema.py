@@ -22,9 +22,10 @@ Every name that carries a stage is made here, from (stage, quantity[, statistic]
 A key that ends in a statistic's name is that statistic of the quantity before it: `e2e/energy_j_mean`
 is the mean of the per-sample energy, `gpu/power_w_max` the maximum power reading.
 
-The MLflow UI groups metric charts by the text before the first `/`, so one stage's timing, share,
-FLOPs, MFU, MBU, profiler overhead and energy sit in one group. Device-wide readings use the group
-`gpu` and run-wide counts the group `run` (neither is a stage).
+The MLflow UI groups metric charts by the text before the first `/`, so one stage's time (p50, p90,
+p99, mean), share of its parent, MFU and MBU (in percent) and energy sit in one group. Run-wide rates
+(pages/s, tokens/s) use the group `throughput`, device-wide readings `gpu` and run-wide counts `run`
+(none of them is a stage).
 
 Nesting is carried in the run record (`RunRecord.stages`) and read back from it: no consumer derives it
 from a key's spelling.
@@ -40,8 +41,8 @@ from typing import Literal
 from llm_perf_opt.errors import InputError
 
 E2E, PREFILL, DECODE = "e2e", "prefill", "decode"
-DEVICE_GROUP, RUN_GROUP = "gpu", "run"  # metric groups that are not stages
-RESERVED = frozenset({E2E, PREFILL, DECODE, DEVICE_GROUP, RUN_GROUP})
+DEVICE_GROUP, RUN_GROUP, THROUGHPUT_GROUP = "gpu", "run", "throughput"  # metric groups that are not stages
+RESERVED = frozenset({E2E, PREFILL, DECODE, DEVICE_GROUP, RUN_GROUP, THROUGHPUT_GROUP})
 STATS = ("mean", "std", "min", "max", "p50", "p90", "p99")
 StageKind = Literal["measured", "sum_of_children"]
 

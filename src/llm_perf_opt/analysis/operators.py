@@ -18,6 +18,10 @@ ran in vision_sam and how much in decode. Here every event of the trace is place
   is the kernel's stage; the launch's direct parent is the operator that launched it:
   self_device_ms = kernels launched directly by the op, total_device_ms = kernels launched by it or
   by its descendants. A kernel with no launch in the trace is `other` with no operator.
+- Top level: an operator event whose direct parent is not an operator (a stage range, or nothing) is
+  a call the model code made itself. top_level_calls / top_level_ms count those events only, with
+  their inclusive time (device total on a GPU, CPU total otherwise): summed over a stage they never
+  count one piece of work twice, and no top-level event lies inside another.
 - Memory: with `profile_memory`, `[memory]` instant events carry the bytes (de)allocated; each is
   charged to the innermost host event containing it: self_cpu_memory_bytes (and, on a GPU,
   self_device_memory_bytes) is the net bytes an op allocated itself, as in `key_averages()`.
@@ -54,7 +58,8 @@ MEMORY_EVENT_NAME = "[memory]"
 CPU_MEMORY_DEVICE_TYPE = 0  # args["Device Type"] of a [memory] event: 0 = CPU, 1 = CUDA
 
 OPERATOR_COLUMNS = ["stage", "name", "calls", "self_cpu_ms", "total_cpu_ms", "self_device_ms", "total_device_ms",
-                    "total_time_ms", "mean_time_ms", "self_cpu_memory_bytes", "self_device_memory_bytes"]
+                    "total_time_ms", "mean_time_ms", "self_cpu_memory_bytes", "self_device_memory_bytes",
+                    "top_level_calls", "top_level_ms"]
 KERNEL_COLUMNS = ["stage", "name", "calls", "device_ms", "mean_device_ms"]
 STAGE_TIME_COLUMNS = ["stage", "ranges", "cpu_ms", "device_span_ms", "profiled_ms", "operator_self_cpu_ms",
                       "other_self_cpu_ms", "substage_cpu_ms", "host_gap_ms", "device_ms", "device_busy_ms",
@@ -376,6 +381,10 @@ def operator_table(attribution: TraceAttribution) -> pd.DataFrame:
     device_bytes = np.bincount(memory_owner, weights=np.where(memory["device_type"] != CPU_MEMORY_DEVICE_TYPE,
                                                               memory["bytes"], 0.0), minlength=len(host))
     rows = ops.index.to_numpy()
+    parents = ops["parent"].to_numpy()
+    category = host["cat"].to_numpy()
+    top_level = (parents < 0) | (category[np.maximum(parents, 0)] != "cpu_op")
+    inclusive_ns = ops["total_device_ns"] if attribution.on_device else ops["dur_ns"]
     frame = pd.DataFrame({
         "stage": ops["stage"],
         "name": ops["name"],
@@ -385,13 +394,16 @@ def operator_table(attribution: TraceAttribution) -> pd.DataFrame:
         "total_device_ms": ops["total_device_ns"] / _NS_PER_MS,
         "self_cpu_memory_bytes": cpu_bytes[rows],
         "self_device_memory_bytes": device_bytes[rows],
+        "top_level_calls": top_level.astype(np.int64),
+        "top_level_ms": np.where(top_level, inclusive_ns / _NS_PER_MS, 0.0),
     })
     table = (frame.groupby(["stage", "name"], observed=True, sort=False)
              .agg(calls=("self_cpu_ms", "size"), self_cpu_ms=("self_cpu_ms", "sum"),
                   total_cpu_ms=("total_cpu_ms", "sum"), self_device_ms=("self_device_ms", "sum"),
                   total_device_ms=("total_device_ms", "sum"),
                   self_cpu_memory_bytes=("self_cpu_memory_bytes", "sum"),
-                  self_device_memory_bytes=("self_device_memory_bytes", "sum"))
+                  self_device_memory_bytes=("self_device_memory_bytes", "sum"),
+                  top_level_calls=("top_level_calls", "sum"), top_level_ms=("top_level_ms", "sum"))
              .reset_index())
     if not attribution.on_device:
         table[["self_device_ms", "total_device_ms", "self_device_memory_bytes"]] = np.nan

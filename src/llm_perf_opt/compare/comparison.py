@@ -40,7 +40,7 @@ from llm_perf_opt.compare.verdicts import (
 )
 from llm_perf_opt.record import RECORD_FILE, RunRecord
 from llm_perf_opt.reports.run_note import comparison_note
-from llm_perf_opt.schema import StageTree
+from llm_perf_opt.schema import StageTree, metric_key
 from llm_perf_opt.sinks.run_directory import RunDirectory
 from llm_perf_opt.tracking.mlflow_tracker import MlflowTracker, flatten, resolve_tracking_uri
 
@@ -79,7 +79,7 @@ def selection_from_config(cfg: DictConfig) -> RunSelection:
     last = cfg.select.get("last")
     return RunSelection(experiments=as_list(cfg.select.get("experiment")), filter_string=cfg.select.get("filter"),
                         run_ids=as_list(cfg.select.get("run_ids")), last=int(last) if last else None,
-                        status=cfg.select.get("status"))
+                        status=cfg.select.get("status"), sweep=cfg.select.get("sweep"))
 
 
 def settings_from_config(cfg: DictConfig) -> VerdictSettings:
@@ -111,6 +111,16 @@ def baseline_metric_names(runs: pd.DataFrame, baseline_run_id: str) -> list[str]
     """The metrics the baseline logged (non-empty in the search frame)."""
     row = runs.loc[runs["run_id"].astype(str) == baseline_run_id].iloc[0]
     return [name for name in logged_metrics(runs) if pd.notna(row[f"metrics.{name}"])]
+
+
+def judged_names(runs: pd.DataFrame, baseline_run_id: str, baseline: RunRecord | None) -> list[str]:
+    """Metric names whose (stage, quantity) get per-sample verdicts: the baseline's logged metrics and every
+    distribution of its record (MLflow gets only the time statistics; tokens/s and decode step times are
+    judged from the record's `stats` and the per-sample files all the same)."""
+    names = baseline_metric_names(runs, baseline_run_id)
+    if baseline is not None:
+        names += [metric_key(stage.key, quantity, "p50") for stage in baseline.stages for quantity in stage.stats]
+    return names
 
 
 def _read_run_files(files: RunFiles, runs: pd.DataFrame, run_ids: list[str], environment: pd.DataFrame,
@@ -304,7 +314,7 @@ def _compare(cfg: DictConfig, out_dir: Path, uri: str, selection: RunSelection, 
     verdicts = pd.DataFrame(columns=VERDICT_COLUMNS)
     if detailed and baseline in samples:
         verdicts = verdict_table(samples, baseline, candidates, mismatches, settings,
-                                 sampled_metrics(baseline_metric_names(runs, baseline), tree))
+                                 sampled_metrics(judged_names(runs, baseline, result.record), tree))
         for run_id in verdicts.loc[verdicts["verdict"] == TOO_FEW, "run_id"].unique():
             notes.append(f"run {run_id[:8]}: too few samples for some metrics at alpha={settings.alpha} "
                          "(see the verdict notes)")

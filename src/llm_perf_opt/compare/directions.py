@@ -4,9 +4,10 @@ A metric name is parsed with `schema.parse_metric_key` ("decode/tpot_ms_p50" -> 
 the quantity's unit decides:
 
 - a rate per second (`tokens_per_s`): higher is better;
-- otherwise the unit is the quantity's last word, ignoring an `_achievable` qualifier and a
-  `_per_<thing>` denominator (`energy_j_per_token` -> `j`): lower is better for time (`ms`), memory
-  (`mib`) and energy (`j`); higher for utilisation and achieved rates (`mfu`, `mbu`, `tflops`, `gbps`).
+- otherwise the unit is the quantity's last word, ignoring an `_achievable` qualifier, a `_pct`
+  scale (`mfu_pct` is MFU in percent) and a `_per_<thing>` denominator (`energy_j_per_token` -> `j`):
+  lower is better for time (`ms`), memory (`mib`) and energy (`j`); higher for utilisation and achieved
+  rates (`mfu`, `mbu`, `tflops`, `gbps`).
 
 Anything else (FLOPs, bytes, shares, ratios, clocks, power) has no direction: it is shown, but never
 judged improved or regressed.
@@ -22,7 +23,7 @@ Direction = Literal["lower", "higher"]
 
 LOWER_UNITS = frozenset({"ms", "mib", "j"})
 HIGHER_UNITS = frozenset({"mfu", "mbu", "tflops", "gbps"})
-_QUALIFIERS = ("_achievable",)
+_QUALIFIERS = ("_pct", "_achievable")
 
 
 def quantity_direction(quantity: str) -> Direction | None:

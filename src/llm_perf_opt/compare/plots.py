@@ -9,7 +9,7 @@ compare/stages.py); metric names are made with the schema (`metric_key`, `column
   is drawn as itself. prefill (other) = prefill p50 - the sum of the drawn sub-stage p50s (clipped at 0:
   p50s are not additive, so this is an approximation of the remainder). The bar's prefill part
   therefore equals the prefill p50; no sub-stage is counted twice.
-- efficiency.png: MFU and MBU per run, one bar per stage (only when runs logged `<stage>/mfu|mbu`). Run
+- efficiency.png: MFU and MBU per run, one bar per stage (only when runs logged `<stage>/mfu_pct|mbu_pct`). Run
   labels are wrapped to TICK_WRAP characters a line and the figure widens with the runs, so labels sit
   side by side unrotated; only if two would still overlap are they turned upright
   (plotting.fit_x_tick_labels). One legend of the stages, outside the axes, for both panels.
@@ -116,7 +116,7 @@ def efficiency_figure(summary: pd.DataFrame, tree: StageTree | None = None):
     tree = tree or fixed_tree()
     stages = stage_order({metric_stage(name) for name in metric_columns(summary)} - {None}, tree)
     kinds = {kind: [s for s in stages if metric_key(s, kind) in summary.columns
-                    and summary[metric_key(s, kind)].notna().any()] for kind in ("mfu", "mbu")}
+                    and summary[metric_key(s, kind)].notna().any()] for kind in ("mfu_pct", "mbu_pct")}
     kinds = {kind: found for kind, found in kinds.items() if found}
     if not kinds:
         return None
@@ -131,7 +131,8 @@ def efficiency_figure(summary: pd.DataFrame, tree: StageTree | None = None):
                           color=_color(tree, stage), label=label(stage, tree))
             legend.setdefault(label(stage, tree), bars)
         ax.set_xticks(x + 0.4 - width / 2, labels)
-        style_axes(ax, title=kind.upper(), ylabel=f"{kind.upper()} (fraction of peak)")
+        name = kind.removesuffix("_pct").upper()
+        style_axes(ax, title=name, ylabel=f"{name} (% of peak)")
     fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=min(len(legend), 5),
                fontsize=STYLE["legend_size"])
     fit_x_tick_labels(fig, _axes_list(axes))

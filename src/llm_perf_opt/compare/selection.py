@@ -28,10 +28,11 @@ class RunSelection:
     run_ids: list[str] = field(default_factory=list)
     last: int | None = None
     status: str | None = "FINISHED"  # null: any status
+    sweep: str | None = None  # a sweep's parent run id: its children (tag mlflow.parentRunId)
 
     def describe(self) -> dict:
         return {"experiments": self.experiments, "filter": self.filter_string, "run_ids": self.run_ids,
-                "last": self.last, "status": self.status}
+                "last": self.last, "status": self.status, "sweep": self.sweep}
 
 
 def as_list(value: str | Iterable[str] | None) -> list[str]:
@@ -54,6 +55,8 @@ def build_filter(selection: RunSelection) -> str:
     clauses = [f"tags.`{KIND_TAG}` = '{PROFILE_KIND}'"]
     if selection.status:
         clauses.append(f"attributes.status = {_quote(selection.status)}")
+    if selection.sweep:
+        clauses.append(f"tags.`mlflow.parentRunId` = {_quote(selection.sweep)}")
     if selection.run_ids:
         clauses.append(f"attributes.run_id IN ({', '.join(_quote(r) for r in selection.run_ids)})")
     if selection.filter_string and selection.filter_string.strip():

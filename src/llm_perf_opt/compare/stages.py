@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from llm_perf_opt.schema import DEVICE_GROUP, E2E, RUN_GROUP, StageTree, parse_metric_key
+from llm_perf_opt.schema import DEVICE_GROUP, E2E, RUN_GROUP, THROUGHPUT_GROUP, StageTree, parse_metric_key
 
-NOT_STAGES = frozenset({DEVICE_GROUP, RUN_GROUP})
+NOT_STAGES = frozenset({DEVICE_GROUP, RUN_GROUP, THROUGHPUT_GROUP})
 
 
 def fixed_tree() -> StageTree:

@@ -20,17 +20,18 @@ import pandas as pd
 
 from llm_perf_opt.compare.stages import NOT_STAGES, stage_order
 from llm_perf_opt.errors import InputError
-from llm_perf_opt.schema import DECODE, E2E, StageTree, parse_metric_key
+from llm_perf_opt.schema import DECODE, THROUGHPUT_GROUP, StageTree, parse_metric_key
 
 EVERY_STAGE = None
 # (stage or EVERY_STAGE, quantity, statistic or None), in display order: per-stage p50 times (e2e's
-# included), TPOT, request tokens/s, per-stage MFU and MBU, J per decoded token, per-stage peak memory.
+# included), TPOT, pages/s and tokens/s, per-stage MFU and MBU (%), J per decoded token, per-stage peak memory.
 DEFAULT_HEADLINE: tuple[tuple[str | None, str, str | None], ...] = (
     (EVERY_STAGE, "ms", "p50"),
     (DECODE, "tpot_ms", "p50"),
-    (E2E, "tokens_per_s", "mean"),
-    (EVERY_STAGE, "mfu", None),
-    (EVERY_STAGE, "mbu", None),
+    (THROUGHPUT_GROUP, "pages_per_s", None),
+    (THROUGHPUT_GROUP, "tokens_per_s", None),
+    (EVERY_STAGE, "mfu_pct", None),
+    (EVERY_STAGE, "mbu_pct", None),
     (DECODE, "energy_j_per_token", None),
     (EVERY_STAGE, "peak_mem_mib", "max"),
 )
@@ -51,9 +52,8 @@ def default_headline(names: Iterable[str], tree: StageTree | None = None) -> lis
             key = parse_metric_key(name)
         except ValueError:
             continue
-        if key[0] not in NOT_STAGES:
-            parsed[key] = name
-    stages = stage_order({stage for stage, _, _ in parsed}, tree)
+        parsed[key] = name
+    stages = stage_order({stage for stage, _, _ in parsed if stage not in NOT_STAGES}, tree)
     ordered: list[str] = []
     for rule_stage, quantity, stat in DEFAULT_HEADLINE:
         for stage in stages if rule_stage is EVERY_STAGE else [rule_stage]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from llm_perf_opt.data.describe import describe_pages
 from llm_perf_opt.data.omnidocbench import load_omnidocbench
 from llm_perf_opt.data.pages import Page
 from llm_perf_opt.data.synthetic import generate_pages
+
+__all__ = ["Page", "describe_pages", "load_pages"]
 
 
 def load_pages(dataset_cfg: Any) -> list[Page]:

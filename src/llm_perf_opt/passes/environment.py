@@ -98,6 +98,7 @@ def capture_environment(device: torch.device, project_root: Path, workload_info:
         env.update(
             device_name=torch.cuda.get_device_name(index),
             device_index=index,
+            device_uuid=f"GPU-{props.uuid}" if getattr(props, "uuid", None) else None,  # as nvidia-smi -L prints it
             device_memory_gib=round(props.total_memory / 2**30, 2),
             compute_capability=f"{props.major}.{props.minor}",
             sm_count=props.multi_processor_count,

@@ -57,10 +57,19 @@ class SubStageRecorder(StageHooks):
 
 @dataclass
 class TimedSample:
-    """One row of samples.csv plus the per-step decode latencies of that sample."""
+    """One row of samples.csv, the per-step decode latencies of that sample, and its timeline: every
+    sub-stage call as (stage, start_ms, end_ms) from the sample's start mark, and the host wall-clock
+    time (ns since the epoch) of that start, so the stages can be drawn where they ran."""
 
     row: dict[str, Any]
     decode_step_ms: list[float] = field(default_factory=list)
+    calls: list[tuple[str, float, float]] = field(default_factory=list)
+    epoch_start_ns: int | None = None
+
+    def timeline(self) -> dict[str, Any]:
+        """The sample as plain data (analysis.timeline picks and lays out representative samples)."""
+        return {"row": self.row, "decode_step_ms": self.decode_step_ms,
+                "calls": [list(call) for call in self.calls], "epoch_start_ns": self.epoch_start_ns}
 
 
 @dataclass
@@ -113,6 +122,7 @@ def time_one_sample(
     clock.synchronize()
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
+    epoch_start_ns = time.time_ns()
     wall_start_ns = time.perf_counter_ns()
     start = clock.mark()
     recorder.enabled = True
@@ -153,8 +163,10 @@ def time_one_sample(
     }
     for stage in workload.stage_modules:
         row[column(stage, "ms")] = 0.0
+    calls = []
     for stage, begin, end in recorder.take():
         row[column(stage, "ms")] += clock.elapsed_ms(begin, end)
+        calls.append((stage, clock.elapsed_ms(start, begin), clock.elapsed_ms(start, end)))
     row.update({
         column(DECODE, "ms"): decode_ms,
         column(DECODE, "tpot_ms"): decode_ms / len(step_ms) if step_ms else float("nan"),
@@ -165,7 +177,7 @@ def time_one_sample(
     row.update(memory)
     # Host timestamps of the synchronised window: the NVML sampler's timeline is cut with them.
     row.update(wall_start_ns=wall_start_ns, wall_end_ns=wall_end_ns)
-    return TimedSample(row=row, decode_step_ms=step_ms)
+    return TimedSample(row=row, decode_step_ms=step_ms, calls=calls, epoch_start_ns=epoch_start_ns)
 
 
 def iter_timed_samples(workload: Workload, settings: Any, progress: Any = None) -> Iterator[TimedSample]:

@@ -14,6 +14,10 @@ from typing import Any
 from llm_perf_opt.record import RunRecord, StageRecord
 from llm_perf_opt.schema import DECODE, E2E, PREFILL
 
+# MLflow 3.17's UI picks its GenAI or Model training view from this URL parameter, else from the browser's
+# last choice (default GenAI); the experiment tag mlflow.experimentKind does not decide it. Links carry it.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
 
 def number(value: float | None) -> str:
     """2 decimals from 1 up, 3 significant digits below (a 0.04 ms sub-stage is not 0.00)."""
@@ -78,7 +82,7 @@ def run_link(run: Mapping[str, Any]) -> str:
     name = run.get("name")
     label = str(name) if name and str(name) not in ("nan", "None") else run_id
     label = label.replace("[", "(").replace("]", ")")
-    return f"[{label}](#/experiments/{run['experiment_id']}/runs/{run_id})"
+    return f"[{label}](#/experiments/{run['experiment_id']}/runs/{run_id}?{MODEL_TRAINING_VIEW})"
 
 
 def comparison_note(runs: Iterable[Mapping[str, Any]], baseline: str) -> str:

@@ -6,10 +6,13 @@ speed (TTFT, TPOT, end to end, tokens/s), energy, top cost centres (operators wi
 share of the stage's profiled time), takeaways and recommendations (reports/takeaways.py, each citing
 its number).
 
-Top cost centres of a run rank operators by exclusive (self) time, so no work is counted twice (an
-aten::linear's time is its aten::addmm's): self device time on a run that measured it (GPU), else
-self CPU time; the table names its basis. Rows come from the run's operators.csv when there is one,
-else from the record's top_operators lists (total time only when those carry no self time).
+Top cost centres show one level of the operator tree: the operators the model code calls directly
+(top-level calls), each with the time of everything it runs (device time on a GPU run, else CPU time).
+No listed operator runs inside another, so no work is counted twice (aten::linear is listed with its
+aten::addmm inside it; the addmm is not listed again). Rows come from the run's operators.csv when
+there is one, else from the record's top_operators lists; without top-level columns (an older run)
+operators rank by self time, and by total time only when they carry no self time; the table names
+its basis.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pandas as pd
 from llm_perf_opt.record import OperatorRecord, RunRecord
 from llm_perf_opt.reports.markdown import bullets, header, new_document, table, write_markdown
 from llm_perf_opt.reports.takeaways import (
+    TOP_LEVEL,
     TOTAL,
     OperatorBasis,
     derive_recommendations,
@@ -56,9 +60,11 @@ class CostCentre(NamedTuple):
 
     @classmethod
     def of(cls, op: OperatorRecord | Mapping[str, Any], field: str = TOTAL.field) -> CostCentre:
+        """Calls are the top-level calls when the time is theirs (TOP_LEVEL), else every call."""
+        calls = "top_level_calls" if field == TOP_LEVEL.field else "calls"
         if isinstance(op, OperatorRecord):
-            return cls(op.name, op.stage, getattr(op, field), op.calls)
-        return cls(op.get("name"), op.get("stage"), op.get(field), op.get("calls"))
+            return cls(op.name, op.stage, getattr(op, field), getattr(op, calls))
+        return cls(op.get("name"), op.get("stage"), op.get(field), op.get(calls))
 
 
 def environment_line(record: RunRecord) -> str:
@@ -160,6 +166,10 @@ def _cost_centre_note(basis: OperatorBasis) -> str:
     if basis is TOTAL:
         return (f"Operators with the most total time {profiled} Total time includes the operators each one calls, "
                 "so an operator and the operators inside it can both appear.")
+    if basis is TOP_LEVEL:
+        return (f"The operators the model code calls directly, with the most time {profiled} Each one's time "
+                "includes the operators it calls (an aten::linear includes its aten::addmm), and no listed operator "
+                "runs inside another, so no work is counted twice.")
     return (f"Operators with the most {basis.name} {profiled} Self time is the time in the operator itself, not in "
             "the operators it calls, so no work is counted twice.")
 

@@ -182,6 +182,8 @@ class OperatorBasis(NamedTuple):
     heading: str
 
 
+TOP_LEVEL = OperatorBasis("top_level_ms", "time in calls made by the model code itself (what they call included)",
+                          "Time incl. what it calls (ms)")
 SELF_DEVICE = OperatorBasis("self_device_ms", "self device time", "Self device time (ms)")
 SELF_CPU = OperatorBasis("self_cpu_ms", "self CPU time", "Self CPU time (ms)")
 TOTAL = OperatorBasis("total_time_ms", "total time", "Total (ms)")
@@ -206,17 +208,20 @@ def operator_rows(record: RunRecord, operators: pd.DataFrame | None = None) -> l
 
 
 def operator_basis(rows: list[OperatorRecord]) -> OperatorBasis:
-    """Self device time when the run measured device time (a GPU run), else self CPU time; total time only
-    when the rows carry no self time at all (then nested operators can each appear)."""
-    for basis in (SELF_DEVICE, SELF_CPU):
+    """One level of the operator tree: the operators the model code calls directly, with their inclusive time
+    (no listed operator runs inside another, nothing counted twice); for rows without that column (older
+    runs), self device time on a GPU run, else self CPU time; total time only when the rows carry no self
+    time at all (then nested operators can each appear)."""
+    for basis in (TOP_LEVEL, SELF_DEVICE, SELF_CPU):
         if sum(value for row in rows if (value := finite(getattr(row, basis.field))) is not None) > 0:
             return basis
     return TOTAL
 
 
 def ranked_operators(rows: list[OperatorRecord], basis: OperatorBasis) -> list[tuple[OperatorRecord, float]]:
-    """(row, its time on `basis`) for every row that has one, largest first (ties keep the rows' order)."""
-    ranked = [(row, value) for row in rows if (value := finite(getattr(row, basis.field))) is not None]
+    """(row, its time on `basis`) for every row with a time above zero on it, largest first (ties keep the rows'
+    order): an operator with no time on the basis (no top-level calls, no self time) is no cost centre."""
+    ranked = [(row, value) for row in rows if (value := finite(getattr(row, basis.field))) is not None and value > 0]
     return sorted(ranked, key=lambda item: item[1], reverse=True)
 
 
@@ -248,10 +253,14 @@ def _operators(record: RunRecord, operators: pd.DataFrame | None = None) -> dict
                  else f"in {stage.label}")
         if basis is TOTAL:
             text = f"The largest operator {where} is {row.name}: {value:.2f} ms total"
+        elif basis is TOP_LEVEL:
+            text = (f"The operator the model code calls {where} that takes the most time (including the operators "
+                    f"it calls) is {row.name}: {value:.2f} ms")
         else:
             text = (f"The operator with the most {basis.name} {where} (its own time, not that of the operators it "
                     f"calls) is {row.name}: {value:.2f} ms")
-        text += f" over {row.calls} calls in the profiled pass"
+        calls = row.top_level_calls if basis is TOP_LEVEL else row.calls
+        text += f" over {calls} calls in the profiled pass"
         if share is not None:
             text += f", {pct(share)} of {stage.label}'s profiled time ({stage.profiled.profiled_ms:.2f} ms)"
         takeaways[f"top operator, {stage.label}"] = text + "."

@@ -15,6 +15,7 @@ directory is logged (or already was), 1 when logging one failed, 2 when one is n
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -115,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    # One line per run directory: not MLflow's "View run ... at" lines it prints for a tracking server.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     sys.exit(log_runs(args.run_dirs, resolve_tracking_uri(args.tracking_uri, Path.cwd()), args.experiment))
 
 

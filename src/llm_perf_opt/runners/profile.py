@@ -32,9 +32,10 @@ from tqdm import tqdm
 
 from llm_perf_opt.analysis.energy import energy_per_stage
 from llm_perf_opt.analysis.peaks import lookup_peaks, measured_peaks, with_calibration
+from llm_perf_opt.analysis.timeline import TIMELINE_FILE, timelines
 from llm_perf_opt.assembly import ProfiledTables, RunParts, build_record
 from llm_perf_opt.config import PROJECT_ROOT, validate
-from llm_perf_opt.data import load_pages
+from llm_perf_opt.data import describe_pages, load_pages
 from llm_perf_opt.errors import RunInterrupted
 from llm_perf_opt.models import build_workload
 from llm_perf_opt.models.workload import Workload, resolve_device
@@ -50,10 +51,12 @@ from llm_perf_opt.reports import write_reports
 from llm_perf_opt.reports.run_note import run_note
 from llm_perf_opt.runners.identity import run_name, run_params, run_tags
 from llm_perf_opt.runners.lifecycle import interrupts
+from llm_perf_opt.runners.sweep import SweepJob
 from llm_perf_opt.sinks.run_directory import RunDirectory
 from llm_perf_opt.tracking.mlflow_tracker import MlflowTracker, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
+GPU_TAG = "llm_perf_opt.gpu"  # the device index a sweep job leased
 
 
 @dataclass
@@ -81,19 +84,26 @@ class ProfileOutcome:
         return 3 if self.tracking_errors else 0
 
 
-def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
-    """Profile the configured workload. Raises InputError for bad input before anything is recorded."""
+def run_profile(cfg: DictConfig, run_dir: Path, sweep: SweepJob | None = None, gpu: int | None = None
+                ) -> ProfileOutcome:
+    """Profile the configured workload. Raises InputError for bad input before anything is recorded.
+
+    `sweep`: the sweep this run is a job of (its MLflow run becomes the parent's child); `gpu`: the device
+    index the job leased (tag `llm_perf_opt.gpu`)."""
     validate(cfg)
     device = resolve_device(cfg.device)
-    workload = build_workload(cfg.model, load_pages(cfg.dataset), device, int(cfg.seed))
+    pages = load_pages(cfg.dataset)
+    workload = build_workload(cfg.model, pages, device, int(cfg.seed))
+    dataset = describe_pages(cfg.dataset, pages)
     out = RunDirectory(run_dir, new_run=True)
     with interrupts() as signals:
-        parts = _start_parts(cfg, workload, out)
-        tracker = MlflowTracker(resolve_tracking_uri(cfg.tracking.uri, Path.cwd()), cfg.tracking.experiment,
-                                bool(cfg.tracking.enabled))
+        parts = _start_parts(cfg, workload, out, dataset)
+        tracker = MlflowTracker(sweep.tracking_uri if sweep else resolve_tracking_uri(cfg.tracking.uri, Path.cwd()),
+                                cfg.tracking.experiment, bool(cfg.tracking.enabled),
+                                _system_metrics_interval(cfg.tracking), sweep.experiment_id if sweep else None)
         timed: list[TimedSample] = []
         try:  # from the MLflow run's start on, every way out ends it with the status the record gives
-            _start_tracking(tracker, cfg, workload, parts, out)
+            _start_tracking(tracker, cfg, parts, out, sweep, gpu)
             _measure(cfg, workload, parts, out, timed)
             parts.status, parts.run.phase = "FINISHED", None
         except BaseException as exc:  # exceptions, Ctrl-C and signals alike: what was measured is kept
@@ -104,7 +114,7 @@ def run_profile(cfg: DictConfig, run_dir: Path) -> ProfileOutcome:
                           signals.received, tracker.upload_hint(out.path) if tracker.needs_upload else None)
 
 
-def _start_parts(cfg: DictConfig, workload: Workload, out: RunDirectory) -> RunParts:
+def _start_parts(cfg: DictConfig, workload: Workload, out: RunDirectory, dataset: dict[str, Any]) -> RunParts:
     """config.yaml, env.json and workload.json on disk; the peaks MFU/MBU are measured against."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     out.write_text("config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
@@ -113,6 +123,7 @@ def _start_parts(cfg: DictConfig, workload: Workload, out: RunDirectory) -> RunP
     prof = cfg.profiling
     info = WorkloadInfo(**{**workload.info, "device": str(workload.device), "new_tokens": int(prof.new_tokens),
                            "warmup": int(prof.warmup), "repeats": int(prof.repeats), "stages": workload.stages.keys(),
+                           "dataset": dataset,
                            "inputs": [{"input_id": i.input_id, "prompt_tokens": i.prompt_tokens,
                                        "image_tokens": i.image_tokens, **i.meta} for i in workload.inputs]})
     out.write_json("workload.json", info.model_dump(mode="json"))
@@ -127,12 +138,23 @@ def _start_parts(cfg: DictConfig, workload: Workload, out: RunDirectory) -> RunP
                     launch_busy_share=float(cfg.hardware.launch_busy_share))
 
 
-def _start_tracking(tracker: MlflowTracker, cfg: DictConfig, workload: Workload, parts: RunParts,
-                    out: RunDirectory) -> None:
+def _start_tracking(tracker: MlflowTracker, cfg: DictConfig, parts: RunParts, out: RunDirectory,
+                    sweep: SweepJob | None, gpu: int | None) -> None:
     info = parts.workload
-    tracker.start(cfg.tracking.run_name or run_name(info), run_tags(info, parts.env, out.path, parts.run.run_uid))
-    tracker.log_params(run_params(OmegaConf.to_container(cfg, resolve=True), info))
+    name = cfg.tracking.run_name or run_name(info)
+    tags = run_tags(info, parts.env, out.path, parts.run.run_uid)
+    params = run_params(OmegaConf.to_container(cfg, resolve=True), info)
+    if sweep is not None:
+        name, tags, params = name + sweep.name_suffix(), {**tags, **sweep.tags()}, {**params, **sweep.params()}
+    if gpu is not None:
+        tags[GPU_TAG] = str(gpu)
+    tracker.start(name, tags)
+    tracker.log_params(params)
     parts.run.mlflow_run_id, parts.run.tracking_uri = tracker.run_id, tracker.uri
+
+
+def _system_metrics_interval(tracking: DictConfig) -> float | None:
+    return float(tracking.system_metrics_interval_s) if bool(tracking.system_metrics) else None
 
 
 def _progress(setting: Any, total: int) -> tqdm:
@@ -233,6 +255,9 @@ def _finish(workload: Workload, parts: RunParts, out: RunDirectory, timed: list[
         _step(parts, out, "samples", lambda: out.write_csv("samples.csv", frames.samples), "samples.csv")
         _step(parts, out, "samples", lambda: out.write_csv("decode_steps.csv", frames.decode_steps),
               "decode_steps.csv")
+        if timed:
+            _step(parts, out, "samples", lambda: out.write_json(TIMELINE_FILE, timelines(
+                [s.timeline() for s in timed], workload.stages, str(timed[0].row.get("clock")))), TIMELINE_FILE)
         parts.run.finished_at = _now()
         record = _step(parts, out, "record", lambda: build_record(parts), "metrics.json")
         record = record or _step(parts, out, "record", lambda: _timed_only_record(parts), "metrics.json")
@@ -266,6 +291,8 @@ def _mirror(tracker: MlflowTracker, record: RunRecord, out: RunDirectory) -> Non
     tracker.log_metrics(record.metrics)
     tracker.set_tags(record_tags(record))
     tracker.set_note(run_note(record))
+    tracker.log_dataset(record)
+    tracker.log_stage_traces(out.path, record.run.run_uid)
     if tracker.errors:
         out.write_text("tracking_error.txt", "\n".join(tracker.errors) + "\n")
     tracker.log_artifacts(out.path)

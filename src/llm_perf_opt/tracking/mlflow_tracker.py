@@ -15,9 +15,14 @@
   FINISHED: `finish` ends it FAILED, tagged `llm_perf_opt.incomplete_mirror` with the first error
   (and `llm_perf_opt.record_status` with the run's own status); `log-run` completes such a run.
 - How runs read in the UI: the run's experiment (ours, or the launcher's under `mlflow run`) is tagged
-  `mlflow.experimentKind=custom_model_development` unless it has a kind already (else the UI opens it in
-  its GenAI view); under `mlflow run` the launcher's random run name is replaced by ours; `set_note`
+  `mlflow.experimentKind=custom_model_development` unless it has a kind already (the experiment header's
+  kind; MLflow 3.17's UI picks its Model training view from the URL parameter
+  `workflowType=machine_learning` or the browser's last choice, so links the project writes carry it);
+  under `mlflow run` the launcher's random run name is replaced by ours; `set_note`
   writes the run's description (`mlflow.note.content`).
+- What MLflow shows besides metrics: the inputs as the run's dataset input, one trace per input with the
+  stage waterfall (run_inputs.py), and, when asked, MLflow's own system metrics (CPU, memory, GPU
+  utilisation, memory and power) sampled by its monitor thread every `system_metrics_interval_s`.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from typing import Any
 
 from mlflow.entities import RunTag
 
+from llm_perf_opt.record import RunRecord
+from llm_perf_opt.tracking.run_inputs import log_dataset_input, log_stage_traces, read_timeline
 from llm_perf_opt.tracking.store import StoreUnavailable, prepare_store, unavailable_message
 
 PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
@@ -69,10 +76,12 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def upload_command(run_dir: str | Path, tracking_uri: str | None = None) -> str:
-    """`llm-perf-opt log-run <run_dir>`, with `--tracking-uri` when the store is not the one log-run
-    would pick by itself here ($MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)."""
+    """`llm-perf-opt log-run <run_dir>`, with `--tracking-uri` unless the store is sqlite:///<cwd>/mlflow.db.
+
+    $MLFLOW_TRACKING_URI is not consulted: MLflow itself sets it in this process (mlflow.set_tracking_uri),
+    and the shell the command is pasted into may not have it."""
     command = f"llm-perf-opt log-run {shlex.quote(str(run_dir))}"
-    if tracking_uri and tracking_uri != resolve_tracking_uri(None, Path.cwd()):
+    if tracking_uri and tracking_uri != f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}":
         command += f" --tracking-uri {shlex.quote(tracking_uri)}"
     return command
 
@@ -108,11 +117,16 @@ class MlflowTracker:
     """Writes one MLflow run. Pipeline: `start`, `log_params`/`set_tags`/`log_metrics`/`log_artifacts`,
     `finish(record.status)`; then, when `needs_upload`, print `upload_hint(run_dir)`."""
 
-    def __init__(self, uri: str, experiment: str, enabled: bool = True):
+    def __init__(self, uri: str, experiment: str, enabled: bool = True, system_metrics_interval_s: float | None = None,
+                 experiment_id: str | None = None):
         self.uri = uri
         self.experiment = experiment
         self.enabled = enabled
+        # MLflow's system-metrics monitor (CPU, memory, GPU utilisation/memory/power), sampled every this
+        # many seconds while the run is open; None: off.
+        self.system_metrics_interval_s = system_metrics_interval_s
         self.run_id: str | None = None
+        self.experiment_id: str | None = experiment_id  # given: runs go there (a sweep's children: the parent's)
         self.errors: list[str] = []
         self.offline = False  # the store was unusable at start: nothing was sent to MLflow
 
@@ -151,7 +165,8 @@ class MlflowTracker:
             return None
         resumed = os.environ.get("MLFLOW_RUN_ID")
         try:
-            experiment_id = prepare_store(self.uri, None if resumed else self.experiment)
+            given = self.experiment_id
+            experiment_id = prepare_store(self.uri, None if resumed or given else self.experiment) or given
         except StoreUnavailable as exc:
             self.offline = True
             self._record(unavailable_message(self.uri, str(exc)))
@@ -161,19 +176,44 @@ class MlflowTracker:
             import mlflow
 
             mlflow.set_tracking_uri(self.uri)
+            nonlocal resumed
+            resumed = self._launcher_run(resumed)
+            system = self.system_metrics_interval_s is not None
+            if system:
+                mlflow.set_system_metrics_sampling_interval(self.system_metrics_interval_s)
+                mlflow.set_system_metrics_samples_before_logging(1)
             if resumed:
-                run = mlflow.start_run(run_id=resumed)
+                run = mlflow.start_run(run_id=resumed, log_system_metrics=system)
             else:
                 exp_id = experiment_id or mlflow.set_experiment(self.experiment).experiment_id
-                run = mlflow.start_run(run_name=run_name, experiment_id=exp_id)
+                run = mlflow.start_run(run_name=run_name, experiment_id=exp_id, log_system_metrics=system)
             return run.info.run_id, run.info.experiment_id
 
         started = self._guard("start_run", _start)
         if started is not None:
-            self.run_id, run_experiment = started
-            self._guard("set_experiment_tag", lambda: mark_experiment_kind(self.uri, run_experiment))
+            self.run_id, self.experiment_id = started
+            self._guard("set_experiment_tag", lambda: mark_experiment_kind(self.uri, self.experiment_id))
         self.set_tags({**tags, RUN_NAME_TAG: run_name} if resumed and run_name else tags)
         return self.run_id
+
+    def _launcher_run(self, resumed: str | None) -> str | None:
+        """The run `mlflow run` created ($MLFLOW_RUN_ID), when it exists in this tracker's store; a run of
+        another store (tracking.uri set to a server while `mlflow run` used its local default) is not
+        resumed: this run is created in tracking.uri, and one warning says so."""
+        if not resumed:
+            return None
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mlflow.MlflowClient(self.uri).get_run(resumed)
+        except MlflowException:
+            os.environ.pop("MLFLOW_RUN_ID", None)  # else mlflow.start_run would try to resume it all the same
+            warnings.warn(f"the run `mlflow run` started ({resumed}) is not in tracking.uri ({self.uri}): this run is "
+                          "recorded there as a new run, and mlflow run's own run stays empty; to have one run, give "
+                          "both the same store: MLFLOW_TRACKING_URI=<uri> mlflow run .", stacklevel=4)
+            return None
+        return resumed
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._guard("log_params", lambda: log_new_params(self.uri, self.run_id, params))
@@ -199,6 +239,17 @@ class MlflowTracker:
             mlflow.log_metrics(dict(metrics), run_id=self.run_id)
 
         self._guard("log_metrics", _log)
+
+    def log_dataset(self, record: RunRecord) -> None:
+        """The record's inputs as the run's MLflow dataset input (run_inputs.py)."""
+        self._guard("log_inputs", lambda: log_dataset_input(self.uri, self.run_id, record))
+
+    def log_stage_traces(self, run_dir: Path, run_uid: str | None = None) -> None:
+        """One MLflow trace per input from the run directory's timeline.json (run_inputs.py), when it has one."""
+        timeline = read_timeline(run_dir)
+        if timeline is not None:
+            self._guard("log_traces",
+                        lambda: log_stage_traces(self.uri, self.run_id, self.experiment_id, timeline, run_uid))
 
     def log_artifacts(self, directory: Path) -> None:
         def _log() -> None:

@@ -3,8 +3,9 @@ tracking store was down, or whose mirror is incomplete.
 
 One MLflow run per run record, found again by its tag `llm_perf_opt.run_uid`:
 - none yet: a run is created (start and end times from the record), metrics.json is rewritten to name
-  it (`run.mlflow_run_id`, `run.tracking_uri`), then params, metrics, tags and every file of the run
-  directory are logged and the run ends with the record's status;
+  it (`run.mlflow_run_id`, `run.tracking_uri`), then params, metrics, tags, every file of the run
+  directory, the dataset input and the stage traces (run_inputs.py) are logged and the run ends with the
+  record's status;
 - one that is complete: nothing is logged ("already logged");
 - one that is incomplete (still RUNNING, or tagged `llm_perf_opt.incomplete_mirror` by a tracker whose
   MLflow calls failed): the same steps complete it (params it lacks, metrics, tags, artifacts) and its
@@ -29,6 +30,7 @@ from llm_perf_opt.tracking.mlflow_tracker import (
     log_new_params,
     mark_experiment_kind,
 )
+from llm_perf_opt.tracking.run_inputs import log_dataset_input, log_stage_traces, read_timeline, run_trace_count
 from llm_perf_opt.tracking.store import prepare_sqlite
 
 UPLOADED_BY_TAG = "llm_perf_opt.uploaded_by"  # "log-run": the run was logged from its directory afterwards
@@ -163,6 +165,11 @@ def _log_contents(client, uri: str, run_id: str, upload: RunUpload, incomplete_b
     for start in range(0, len(tags), TAG_BATCH):
         client.log_batch(run_id, tags=tags[start:start + TAG_BATCH])
     client.log_artifacts(run_id, str(upload.run_dir))
+    log_dataset_input(uri, run_id, upload.record)
+    timeline = read_timeline(upload.run_dir)
+    experiment = client.get_run(run_id).info.experiment_id
+    if timeline is not None and not (incomplete_before and run_trace_count(uri, run_id, experiment)):
+        log_stage_traces(uri, run_id, experiment, timeline, upload.record.run.run_uid)
     if incomplete_before:
         present = client.get_run(run_id).data.tags
         for key in (INCOMPLETE_TAG, RECORD_STATUS_TAG):
