@@ -170,3 +170,31 @@ def test_timeline_layout_from_measured_marks():
     long = _sample(0, 10.0, steps=[0.01] * (MAX_STEP_SPANS + 5))
     assert sum(s["name"].startswith("decode step") for s in sample_spans(long, tree)) == MAX_STEP_SPANS
     assert timelines([_sample(0, 10.0)], tree, "perf_counter")["samples"][0]["repeat"] == 0
+
+
+def test_a_dataset_created_concurrently_is_reused_not_an_error(native_run, monkeypatch):
+    """A parallel job created the same dataset between our check and insert: the next attempt reuses it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from llm_perf_opt.tracking import run_inputs
+
+    uri, outcome, _ = native_run
+    run = mlflow.MlflowClient(uri).get_run(outcome.mlflow_run_id)
+    calls = []
+    original = mlflow.MlflowClient.log_inputs
+
+    def racing(self, run_id, datasets=None, models=None):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise MlflowException('duplicate key value violates unique constraint "dataset_pk"')
+        return original(self, run_id, datasets=datasets, models=models)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_inputs", racing)
+    assert run_inputs.log_dataset_input(uri, run.info.run_id, record.load(outcome.run_dir))
+    assert len(calls) == 2
+    monkeypatch.setattr(mlflow.MlflowClient, "log_inputs",
+                        lambda self, run_id, datasets=None, models=None: (_ for _ in ()).throw(
+                            MlflowException("permission denied")))
+    with pytest.raises(MlflowException, match="permission denied"):  # other errors are not retried
+        run_inputs.log_dataset_input(uri, run.info.run_id, record.load(outcome.run_dir))

@@ -3,7 +3,8 @@
 - Dataset input: the record's dataset description (data/describe.py) as an MLflow dataset (a pandas
   table of the inputs: id, prompt and image tokens, size, source) with its name and content digest, and
   its source: the OmniDocBench root for real pages, a code source holding the generator's settings for
-  synthetic ones. Context `profiling`. The runs table's Dataset column then names it.
+  synthetic ones. Context `profiling`. Concurrent runs on the same pages race to create the dataset in
+  the store; the loser retries and reuses it. The runs table's Dataset column then names it.
 - Stage traces: timeline.json (analysis/timeline.py) becomes one MLflow trace per input, attached to
   the run (trace metadata `mlflow.sourceRun`), whose spans carry the measured start and end of every
   stage of that input's representative sample: the Traces tab shows the stage waterfall. Trace export
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -48,8 +50,26 @@ def log_dataset_input(uri: str, run_id: str, record: RunRecord) -> bool:
         dataset = mlflow.data.from_pandas(inputs_table(record), source=source, name=described.name,
                                           digest=described.digest)
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", DATASET_CONTEXT)])
-    mlflow.MlflowClient(uri).log_inputs(run_id, datasets=[entity])
+    _log_inputs_retrying(mlflow.MlflowClient(uri), run_id, entity)
     return True
+
+
+def _log_inputs_retrying(client, run_id: str, entity, attempts: int = 4) -> None:
+    """log_inputs, again when a concurrent run created the same dataset (name, digest) first: MLflow's store
+    inserts the dataset row without a conflict check, so parallel jobs on the same pages race for it (seen
+    with 4 jobs on a PostgreSQL-backed server: `duplicate key value violates unique constraint "dataset_pk"`).
+    On the next attempt the row exists and is reused."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=[entity])
+            return
+        except MlflowException as exc:
+            text = str(exc).lower()
+            if attempt == attempts - 1 or not ("unique" in text or "duplicate key" in text):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def read_timeline(run_dir: Path) -> dict[str, Any] | None:
