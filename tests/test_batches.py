@@ -38,6 +38,7 @@ from llm_perf_opt.passes.analytic import analytic_costs, decoder_spec, distinct_
 from llm_perf_opt.passes.counted import count_stage_flops
 from llm_perf_opt.passes.timed import TimedResult, iter_timed_samples
 from llm_perf_opt.runners.profile import run_profile
+from llm_perf_opt.tracking.run_inputs import TRACE_TAG_INPUT, trace_input_id
 
 CPU = torch.device("cpu")
 PEAK_TFLOPS, PEAK_GBPS = 0.5, 20.0
@@ -240,6 +241,15 @@ def test_linear_stack_batched_run_counts_the_batch(tmp_path):
     logged = mlflow.MlflowClient(uri).get_run(outcome.mlflow_run_id)
     assert logged.data.metrics["throughput/pages_per_day"] == pytest.approx(outcome.metrics["throughput/pages_per_day"])
     assert logged.data.params["workload.batching"] == BATCHING and logged.info.run_name.endswith("-b2")
+    # One trace per batch, tagged with its input ids; the plain-language summary says how pages were batched.
+    mlflow.set_tracking_uri(uri)
+    traces = mlflow.search_traces(run_id=outcome.mlflow_run_id, locations=[logged.info.experiment_id],
+                                  return_type="list")
+    assert sorted(t.info.tags[TRACE_TAG_INPUT] for t in traces) == sorted(samples["input_id"].unique())
+    summary = (outcome.run_dir / "stakeholder_summary.md").read_text()
+    assert "4 timed samples (batches of 2 pages) of 4 new tokens each" in summary
+    many = "+".join(f"page-{i:04d}" for i in range(64))
+    assert trace_input_id(many) == "page-0000+...+page-0063 (64 inputs)" and trace_input_id("a+b") == "a+b"
 
 
 @pytest.mark.parametrize(("model", "overrides", "flops", "weight_bytes", "input_bytes"), [
