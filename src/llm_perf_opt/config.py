@@ -479,7 +479,7 @@ def _validate_profile(cfg: DictConfig) -> None:
         _at_least(cfg, "profiling.new_tokens", 1, "prefill yields the first token")
         _at_least(cfg, "profiling.batch_size", 1, "pages per forward")
         if cfg.profiling.batch_size > 1 and bool(cfg.profiling.stop_at_eos):
-            _fail("profiling.stop_at_eos", True, f"cannot run with profiling.batch_size={cfg.profiling.batch_size} "
+            _fail("profiling.stop_at_eos", "true", f"cannot run with profiling.batch_size={cfg.profiling.batch_size} "
                   "(the requests of a batch would stop at different steps, and the timed pass never pads)",
                   "set profiling.stop_at_eos=false (fixed-length decode) or profiling.batch_size=1")
         progress = cfg.profiling.progress

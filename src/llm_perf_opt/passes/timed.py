@@ -105,9 +105,9 @@ def _sample_columns(workload: Workload) -> list[str]:
     memory = [column(PREFILL, "peak_mem_mib"), column(DECODE, "peak_mem_mib")] if workload.device.type == "cuda" else []
     batch = ["batch_size"] if workload.batch_size > 1 else []
     return ["repeat", "input_index", "input_id", *batch, "prompt_tokens", "image_tokens", "new_tokens",
-            column(PREFILL, "ms"),
-            *stages, column(DECODE, "ms"), column(DECODE, "tpot_ms"), column(DECODE, "tokens_per_s"),
-            column(E2E, "ms"), column(E2E, "tokens_per_s"), *memory, "wall_start_ns", "wall_end_ns", "clock"]
+            column(PREFILL, "ms"), *stages, column(DECODE, "ms"), column(DECODE, "tpot_ms"),
+            column(DECODE, "tokens_per_s"), column(E2E, "ms"), column(E2E, "tokens_per_s"), *memory,
+            "wall_start_ns", "wall_end_ns", "clock"]
 
 
 def _cuda_peak_mib(device: torch.device) -> float:
