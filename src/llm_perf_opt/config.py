@@ -220,6 +220,7 @@ class ProfilingConfig:
     warmup: int = 1
     repeats: int = 3
     new_tokens: int = 8
+    batch_size: int = 1  # pages (prompts) per forward; a timed sample is one batch
     stop_at_eos: bool = False
     progress: Any = "auto"  # auto | true | false (OmegaConf 2.3 has no Union[str, bool]; validate checks it)
     operators: OperatorsConfig = field(default_factory=OperatorsConfig)
@@ -476,6 +477,11 @@ def _validate_profile(cfg: DictConfig) -> None:
         _at_least(cfg, "profiling.warmup", 0, "untimed samples per input")
         _at_least(cfg, "profiling.repeats", 1, "each input is timed at least once")
         _at_least(cfg, "profiling.new_tokens", 1, "prefill yields the first token")
+        _at_least(cfg, "profiling.batch_size", 1, "pages per forward")
+        if cfg.profiling.batch_size > 1 and bool(cfg.profiling.stop_at_eos):
+            _fail("profiling.stop_at_eos", "true", f"cannot run with profiling.batch_size={cfg.profiling.batch_size} "
+                  "(the requests of a batch would stop at different steps, and the timed pass never pads)",
+                  "set profiling.stop_at_eos=false (fixed-length decode) or profiling.batch_size=1")
         progress = cfg.profiling.progress
         if not (isinstance(progress, bool) or progress == "auto"):
             _fail("profiling.progress", progress, "is not auto, true or false",

@@ -18,7 +18,9 @@ sample ends when its last decode step ends on the device, so its decode ran over
   e2e/energy_j_mean        = mean over samples of the energy of [wall_start, wall_end] (prefill + decode
                              of one input, the loop's host gaps included: the board draws power through them)
   prefill/energy_j_mean    = mean energy of the prefill windows
-  decode/energy_j_per_token = sum of decode energies / sum of decode tokens (new_tokens - 1 per sample)
+  decode/energy_j_per_token = sum of decode energies / sum of decode tokens (new_tokens - 1 per request)
+  e2e/energy_j_per_page    = with batches (a `batch_size` column) only: sum of sample energies / sum of
+                             batch sizes (e2e/energy_j_mean is then the energy of one batch)
   gpu/power_w_mean         = sum of page energies / sum of page window durations (time-weighted mean)
   gpu/power_w_max, gpu/sm_clock_mhz_mean, gpu/mem_clock_mhz_mean, gpu/util_pct_mean, gpu/temp_c_max: over the
                        timeline rows inside the sample windows.
@@ -139,11 +141,14 @@ def energy_per_stage(
     if samples is not None and len(samples):
         rows = []
         in_windows[:] = False
+        batched = "batch_size" in samples.columns
         for sample in samples.itertuples(index=False):
             windows = _sample_windows(sample)
             in_windows |= (t >= windows[E2E][0]) & (t <= windows[E2E][1])
+            batch = int(getattr(sample, "batch_size", 1))  # requests in the sample (profiling.batch_size)
             row = {"repeat": getattr(sample, "repeat", None), "input_index": getattr(sample, "input_index", None),
-                   "window_s": (windows[E2E][1] - windows[E2E][0]) / 1e9, "decode_tokens": int(sample.new_tokens) - 1}
+                   "window_s": (windows[E2E][1] - windows[E2E][0]) / 1e9,
+                   "decode_tokens": (int(sample.new_tokens) - 1) * batch, **({"pages": batch} if batched else {})}
             for stage, (a, b) in windows.items():
                 measured = energy_between(timeline, a, b, min_counter_periods) if b > a else None
                 row[column(stage, "energy_j")] = measured["energy_j"] if measured else np.nan
@@ -156,6 +161,9 @@ def energy_per_stage(
         pages = per_sample.dropna(subset=[column(E2E, "energy_j")])
         if len(pages):
             report.stage_energy_j[E2E] = {"mean": float(pages[column(E2E, "energy_j")].mean())}
+            if batched:
+                report.stage_energy_j[E2E]["per_page"] = float(pages[column(E2E, "energy_j")].sum()
+                                                               / pages["pages"].sum())
             report.device["power_w_mean"] = float(pages[column(E2E, "energy_j")].sum() / pages["window_s"].sum())
         prefills = per_sample[column(PREFILL, "energy_j")].dropna()
         if len(prefills):

@@ -8,11 +8,15 @@ import torch
 
 from llm_perf_opt.data.pages import Page
 from llm_perf_opt.models import custom, deepseek_ocr2, hf_causal_lm
+from llm_perf_opt.models.batching import batch_workload
 from llm_perf_opt.models.workload import Workload
 
 BUILDERS = {"deepseek_ocr2": deepseek_ocr2.build_workload, "hf_causal_lm": hf_causal_lm.build_workload,
             "custom": custom.build_workload}
 
 
-def build_workload(model_cfg: Any, pages: list[Page], device: torch.device, seed: int = 0) -> Workload:
-    return BUILDERS[str(model_cfg.family)](model_cfg, pages, device, seed)  # config.validate checked the family
+def build_workload(model_cfg: Any, pages: list[Page], device: torch.device, seed: int = 0,
+                   batch_size: int = 1) -> Workload:
+    """The family's workload; with `batch_size` > 1 its passes run equal-shape batches (models.batching)."""
+    workload = BUILDERS[str(model_cfg.family)](model_cfg, pages, device, seed)  # config.validate checked the family
+    return batch_workload(workload, int(batch_size))

@@ -5,12 +5,15 @@ The factory (config `model.factory`, instantiated with `device` and `dtype` adde
 - a mapping with `model` and optionally `stage_map` (names -> modules or dotted paths), `eos_token_id`,
   `inputs` (a list of dicts of forward kwargs; default: one prompt of `model.prompt_tokens`
   random token ids per page, passed as `input_ids`) and `costs` (known FLOPs and bytes of one
-  prefill and one decode step: {"prefill": {"flops", "bytes"}, "decode": {...}}), which MFU/MBU use
-  when no analytic model covers the module.
+  prefill and one decode step of one input: {"prefill": {"flops", "bytes"}, "decode": {...}}), which
+  MFU/MBU use when no analytic model covers the module. With `profiling.batch_size` > 1 the FLOPs
+  scale with the batch and the bytes as `weight_bytes` (read once per forward, optional) + batch x the
+  rest; without `weight_bytes` a batched run has no bytes (and no MBU) for that stage.
 
 The module's forward takes `input_ids` (plus whatever `inputs` carries) and returns logits
 (batch, seq, vocab) or an object with `.logits`. A module without a KV cache gets only the new
-token at each decode step.
+token at each decode step. Batches concatenate inputs along dim 0 (models.batching): a module whose
+logits do not keep the batch is refused when the workload is built.
 """
 
 from __future__ import annotations

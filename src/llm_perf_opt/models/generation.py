@@ -1,12 +1,13 @@
 """The generation loop: greedy prefill and decode, small enough to read in one sitting.
 
-The loop does what `generate()` does for one unpadded sequence and nothing more: the first forward
-pass computes only the last position's logits (`logits_to_keep=1`), later passes feed one token and
-the KV cache, no attention mask is passed (a single unpadded sequence needs none: a growing mask
-only adds work), and MoE models decode with the experts implementation `generate()` switches to
-(`decode_phase`: batched_mm instead of grouped_mm on a GPU; 1.6x faster decode on an H200 for
-DeepSeek-OCR-2, docs/benchmarks.md). The next token stays on the device: no host synchronisation per step unless
-`eos_token_id` is given (stopping at EOS needs the token's value on the host).
+The loop does what `generate()` does for one unpadded sequence, or a batch of equal-length ones
+(models.batching never pads), and nothing more: the first forward pass computes only the last
+position's logits (`logits_to_keep=1`), later passes feed one token per sequence and the KV cache, no
+attention mask is passed (unpadded sequences need none: a growing mask only adds work), and MoE models
+decode with the experts implementation `generate()` switches to (`decode_phase`: batched_mm instead of
+grouped_mm on a GPU; 1.6x faster decode on an H200 for DeepSeek-OCR-2, docs/benchmarks.md). The next
+token stays on the device: no host synchronisation per step unless `eos_token_id` is given (stopping at
+EOS needs the token's value on the host).
 """
 
 from __future__ import annotations

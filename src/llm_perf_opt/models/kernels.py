@@ -13,6 +13,12 @@ MFU/MBU the profiler reports for them can be checked against a bare measurement 
 - `build_copy(num_bytes)`: every forward copies a `num_bytes` buffer into another
   (`dst.copy_(src)`): bytes moved = 2 * num_bytes (read + write), FLOPs = 0. The logits it returns
   are a view of the first 8 elements of the destination.
+
+Batches (`profiling.batch_size`, `num_inputs` >= the batch size): a GEMM forward over B inputs is one
+bmm of B activations (the stored one, broadcast without a copy) by the one weight: 2*B*M*N*K FLOPs,
+(B*M*K + K*N + B*M*N) * element size bytes at minimum, the weight (`weight_bytes`) read once. A copy
+forward copies its buffer once whatever the batch (all its bytes are `weight_bytes`), its logits
+broadcast over the batch. At batch 1 both run exactly the kernels above.
 """
 
 from __future__ import annotations
@@ -32,7 +38,10 @@ class GemmModule(nn.Module):
         self.register_buffer("weight", weight)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return torch.mm(self.activation, self.weight).unsqueeze(0)
+        batch = input_ids.shape[0]
+        if batch == 1:
+            return torch.mm(self.activation, self.weight).unsqueeze(0)
+        return torch.bmm(self.activation.expand(batch, -1, -1), self.weight.expand(batch, -1, -1))
 
 
 class CopyModule(nn.Module):
@@ -45,7 +54,7 @@ class CopyModule(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         self.dst.copy_(self.src)
-        return self.dst[:COPY_LOGITS].view(1, 1, COPY_LOGITS)
+        return self.dst[:COPY_LOGITS].view(1, 1, COPY_LOGITS).expand(input_ids.shape[0], 1, COPY_LOGITS)
 
 
 def gemm_flops(m: int, n: int, k: int) -> int:
@@ -63,19 +72,22 @@ def build_gemm(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    num_inputs: int = 1,
 ) -> dict:
-    """A workload whose every forward is one M x K @ K x N matmul (2*M*N*K FLOPs)."""
+    """A workload whose every forward is one M x K @ K x N matmul (2*M*N*K FLOPs) per input of the batch;
+    `num_inputs` identical inputs (batches need at least profiling.batch_size of them)."""
     generator = torch.Generator(device=device).manual_seed(seed)
     activation = torch.randn(m, k, device=device, dtype=dtype, generator=generator)
     weight = torch.randn(k, n, device=device, dtype=dtype, generator=generator) / float(k) ** 0.5
     return {
         "model": GemmModule(activation, weight),
         "stage_map": {},
-        # One input whose length is M, the "tokens" of the GEMM; the ids themselves are ignored.
-        "inputs": [{"input_ids": torch.zeros(1, m, dtype=torch.long, device=device)}],
+        # Inputs whose length is M, the "tokens" of the GEMM; the ids themselves are ignored.
+        "inputs": [{"input_ids": torch.zeros(1, m, dtype=torch.long, device=device)} for _ in range(num_inputs)],
         "vocab_size": n,
         "costs": {stage: {"flops": float(gemm_flops(m, n, k)),
-                          "bytes": float(gemm_min_bytes(m, n, k, activation.element_size()))}
+                          "bytes": float(gemm_min_bytes(m, n, k, activation.element_size())),
+                          "weight_bytes": float(k * n * weight.element_size())}
                   for stage in ("prefill", "decode")},
     }
 
@@ -84,8 +96,10 @@ def build_copy(
     num_bytes: int = 1 << 30,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    num_inputs: int = 1,
 ) -> dict:
-    """A workload whose every forward copies `num_bytes` (2 * num_bytes moved, read + write)."""
+    """A workload whose every forward copies `num_bytes` (2 * num_bytes moved, read + write), whatever the
+    batch; `num_inputs` identical inputs."""
     element_bytes = torch.empty((), dtype=dtype).element_size()
     if num_bytes % element_bytes or num_bytes // element_bytes < COPY_LOGITS:
         raise ValueError(f"num_bytes={num_bytes} must be a multiple of {element_bytes} and hold "
@@ -93,7 +107,8 @@ def build_copy(
     return {
         "model": CopyModule(num_bytes // element_bytes, device, dtype),
         "stage_map": {},
-        "inputs": [{"input_ids": torch.zeros(1, 1, dtype=torch.long, device=device)}],
+        "inputs": [{"input_ids": torch.zeros(1, 1, dtype=torch.long, device=device)} for _ in range(num_inputs)],
         "vocab_size": COPY_LOGITS,
-        "costs": {stage: {"flops": 0.0, "bytes": 2.0 * num_bytes} for stage in ("prefill", "decode")},
+        "costs": {stage: {"flops": 0.0, "bytes": 2.0 * num_bytes, "weight_bytes": 2.0 * num_bytes}
+                  for stage in ("prefill", "decode")},
     }

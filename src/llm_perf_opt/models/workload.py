@@ -17,13 +17,20 @@ from llm_perf_opt.schema import StageTree, stage_key
 
 @dataclass
 class PreparedInput:
-    """One prompt, already on the device: `model_inputs` go straight into the first forward pass."""
+    """One prompt, already on the device: `model_inputs` go straight into the first forward pass.
+
+    A batch (models.batching) is a PreparedInput too: its `model_inputs` hold `batch_size` equal-shape
+    prompts along dim 0, `members` their input ids, `input_id` those ids joined with "+";
+    `prompt_tokens` and `image_tokens` stay per prompt.
+    """
 
     input_id: str
     model_inputs: dict[str, Any]
     prompt_tokens: int
     image_tokens: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 1
+    members: tuple[str, ...] = ()
 
 
 @dataclass
@@ -34,6 +41,9 @@ class Workload:
     sub-stage's key ("vision_sam", ...) to the module whose forward calls delimit it. Sub-stages are
     timed inside prefill (the vision encoder runs only there) and nest within it; they must not
     contain one another.
+
+    `batches` is what the passes run, one forward per entry: the inputs themselves at `batch_size` 1,
+    else equal-shape batches of them (models.batching.batch_workload).
     """
 
     family: str
@@ -50,6 +60,8 @@ class Workload:
     declared_costs: dict[str, dict[str, float]] | None = None
     # The experts implementation for decode steps (generation.decode_experts_plan), None: unchanged.
     decode_experts: dict[str, str] | None = None
+    batch_size: int = 1
+    batches: list[PreparedInput] = field(default_factory=list)
     convention: CallConvention = field(init=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +69,7 @@ class Workload:
         if not self.inputs:
             raise InputError(f"workload '{self.family}' has no inputs: "
                              "check the dataset settings (num_pages, limit, subset)")
+        self.batches = self.batches or list(self.inputs)
 
     def decode_phase(self):
         """Context for the decode steps of every pass (timed, profiled, counted, benchmarks)."""

@@ -28,6 +28,12 @@ them: fp32 in recent transformers for DeepSeek, read from the model when one is 
 - Left out: activations (hidden states, attention scores and SAM's relative-position bias, MLP
   intermediates) and the logits. Decode is dominated by weights and KV; vision and prefill are
   compute-bound, where these byte counts are a lower bound.
+
+Batches (`batch`, profiling.batch_size): one forward over B equal-shape prompts. FLOPs are B x those of
+one prompt (every matmul row, attention pair, logit row and image view is per prompt). Bytes: weights
+are read once per forward (per tower call for the vision tower: the batch's global views go through
+one call, all its tiles through another), so they do not scale; embedding rows, KV cache reads and
+writes scale with B; MoE experts touched are those of B x T tokens, E * (1 - (1 - k/E)^(B*T)).
 """
 
 from __future__ import annotations
@@ -310,15 +316,16 @@ def decoder_spec(config) -> DecoderSpec:
 
 
 def decoder_pass_cost(spec: DecoderSpec, tokens: int, past: int, logit_positions: int, dtype_bytes: int,
-                      attention: str) -> StageCost:
-    """One forward pass of `tokens` new tokens after `past` cached ones.
+                      attention: str, batch: int = 1) -> StageCost:
+    """One forward pass of `tokens` new tokens after `past` cached ones, for each of `batch` sequences.
 
-    Attention pairs: dense = tokens * (past + tokens); masked = causal pairs only.
+    Attention pairs: dense = tokens * (past + tokens); masked = causal pairs only (per sequence).
     """
     keys = past + tokens
     pairs = tokens * keys if attention == "dense" else tokens * past + tokens * (tokens + 1) / 2
+    rows = batch * tokens  # token rows through every linear layer
     h, q, kv = spec.hidden, spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
-    attn_flops = 2 * tokens * h * (2 * q + 2 * kv) + 4 * spec.heads * spec.head_dim * pairs
+    attn_flops = 2 * rows * h * (2 * q + 2 * kv) + 4 * spec.heads * spec.head_dim * pairs * batch
     router_bytes = spec.router_bytes or dtype_bytes
     flops = 0.0
     weight_bytes = 0.0
@@ -326,26 +333,26 @@ def decoder_pass_cost(spec: DecoderSpec, tokens: int, past: int, logit_positions
         flops += attn_flops
         weight_bytes += (spec.attention_parameters() + 2 * h) * dtype_bytes
         if kind == "dense":
-            flops += 6 * tokens * h * spec.intermediate
+            flops += 6 * rows * h * spec.intermediate
             weight_bytes += spec.dense_mlp_parameters(spec.intermediate) * dtype_bytes
             continue
-        flops += 2 * tokens * h * spec.experts  # router logits
-        flops += 6 * tokens * spec.experts_per_token * h * spec.expert_intermediate
+        flops += 2 * rows * h * spec.experts  # router logits
+        flops += 6 * rows * spec.experts_per_token * h * spec.expert_intermediate
         weight_bytes += spec.experts * h * router_bytes
-        touched = distinct_experts(spec.experts, spec.experts_per_token, tokens)
+        touched = distinct_experts(spec.experts, spec.experts_per_token, rows)
         weight_bytes += touched * spec.expert_parameters() * dtype_bytes
         if spec.shared_intermediate:
-            flops += 6 * tokens * h * spec.shared_intermediate
+            flops += 6 * rows * h * spec.shared_intermediate
             weight_bytes += spec.dense_mlp_parameters(spec.shared_intermediate) * dtype_bytes
         if spec.shared_expert_gate:
-            flops += 2 * tokens * h
+            flops += 2 * rows * h
             weight_bytes += h * dtype_bytes
-    flops += 2 * logit_positions * h * spec.vocab  # lm_head
-    weight_bytes += (spec.vocab * h + h) * dtype_bytes  # lm_head (or the tied table) + final norm
-    embedding_rows = tokens * h * dtype_bytes
+    flops += 2 * batch * logit_positions * h * spec.vocab  # lm_head
+    weight_bytes += (spec.vocab * h + h) * dtype_bytes  # lm_head (or the tied table) + final norm: once per forward
+    embedding_rows = rows * h * dtype_bytes
     kv_entry = 2 * spec.layers * kv * dtype_bytes  # K and V of one position in every layer
-    kv_read = kv_entry * keys if past else 0.0  # prefill attends to K/V it just computed (activations)
-    return StageCost(flops, bytes_read=weight_bytes + embedding_rows + kv_read, bytes_written=kv_entry * tokens)
+    kv_read = kv_entry * keys * batch if past else 0.0  # prefill attends to K/V it just computed (activations)
+    return StageCost(flops, bytes_read=weight_bytes + embedding_rows + kv_read, bytes_written=kv_entry * rows)
 
 
 def _decode_stages(step_costs: list[StageCost]) -> dict[str, StageCost]:
@@ -363,12 +370,15 @@ def _with_router_bytes(spec: DecoderSpec, router_bytes: int | None) -> DecoderSp
 
 
 def decoder_costs(config, *, prompt_tokens: int, new_tokens: int, dtype_bytes: int, attention: str = "dense",
-                  prefill_logit_positions: int = 1, router_bytes: int | None = None) -> dict[str, StageCost]:
+                  prefill_logit_positions: int = 1, router_bytes: int | None = None,
+                  batch: int = 1) -> dict[str, StageCost]:
     """Generic decoder LM: prefill over the prompt, then new_tokens - 1 decode steps (as the timed pass)."""
     _check_attention(attention)
     spec = _with_router_bytes(decoder_spec(config), router_bytes)
-    stages = {"prefill": decoder_pass_cost(spec, prompt_tokens, 0, prefill_logit_positions, dtype_bytes, attention)}
-    steps = [decoder_pass_cost(spec, 1, prompt_tokens + i, 1, dtype_bytes, attention) for i in range(new_tokens - 1)]
+    stages = {"prefill": decoder_pass_cost(spec, prompt_tokens, 0, prefill_logit_positions, dtype_bytes, attention,
+                                           batch)}
+    steps = [decoder_pass_cost(spec, 1, prompt_tokens + i, 1, dtype_bytes, attention, batch)
+             for i in range(new_tokens - 1)]
     stages.update(_decode_stages(steps))
     return stages
 
@@ -386,12 +396,14 @@ def deepseek_ocr2_parameters(config) -> int:
     return total + decoder_spec(text).parameters()
 
 
-def vision_costs(config, views: VisionViews, dtype_bytes: int, attention: str) -> dict[str, StageCost]:
-    """The three vision sub-stages, summed over the global view and the tiles (one tower call each)."""
+def vision_costs(config, views: VisionViews, dtype_bytes: int, attention: str, batch: int = 1) -> dict[str, StageCost]:
+    """The three vision sub-stages, summed over the global view and the tiles (one tower call each).
+
+    A batch of B pages: B global views in one call, B x tiles in the other (weights read once per call)."""
     sam, enc = config.vision_config.sam_config, config.vision_config.encoder_config
     ht = config.text_config.hidden_size
     stages = {name: ZERO for name in VISION_STAGES}
-    for px, count in ((views.global_px, 1), (views.tile_px, views.tiles)):
+    for px, count in ((views.global_px, batch), (views.tile_px, views.tiles * batch)):
         if count == 0:
             continue
         patches = sam_grid(sam, px)[2] ** 2
@@ -405,15 +417,17 @@ def vision_costs(config, views: VisionViews, dtype_bytes: int, attention: str) -
 
 def deepseek_ocr2_costs(config, *, prompt_tokens: int, new_tokens: int, dtype_bytes: int,
                         views: VisionViews | None, attention: str = "dense",
-                        router_bytes: int | None = None) -> dict[str, StageCost]:
-    """Prefill = vision sub-stages (nested in it) + text decoder over the whole prompt + lm_head (1 row)."""
+                        router_bytes: int | None = None, batch: int = 1) -> dict[str, StageCost]:
+    """Prefill = vision sub-stages (nested in it) + text decoder over the whole prompt + lm_head (1 row per
+    page); `batch` equal-shape pages per forward."""
     _check_attention(attention)
     spec = _with_router_bytes(decoder_spec(config.text_config), router_bytes)
-    text_prefill = decoder_pass_cost(spec, prompt_tokens, 0, 1, dtype_bytes, attention)
+    text_prefill = decoder_pass_cost(spec, prompt_tokens, 0, 1, dtype_bytes, attention, batch)
     stages: dict[str, StageCost] = {}
     if views is not None:
-        stages.update(vision_costs(config, views, dtype_bytes, attention))
-        # Outside the sub-stages: the learned queries (one set per tower call) and the view separator.
+        stages.update(vision_costs(config, views, dtype_bytes, attention, batch))
+        # Outside the sub-stages: the learned queries (one set per tower call, expanded over the batch) and
+        # the view separator (one vector).
         he = config.vision_config.encoder_config.hidden_size
         query_bytes = sum(encoder_queries(config.vision_config.sam_config, px) * he * dtype_bytes
                           for px, n in ((views.global_px, 1), (views.tile_px, views.tiles)) if n)
@@ -421,7 +435,8 @@ def deepseek_ocr2_costs(config, *, prompt_tokens: int, new_tokens: int, dtype_by
         stages["prefill"] = _sum(stages[name] for name in VISION_STAGES) + glue + text_prefill
     else:
         stages["prefill"] = text_prefill
-    steps = [decoder_pass_cost(spec, 1, prompt_tokens + i, 1, dtype_bytes, attention) for i in range(new_tokens - 1)]
+    steps = [decoder_pass_cost(spec, 1, prompt_tokens + i, 1, dtype_bytes, attention, batch)
+             for i in range(new_tokens - 1)]
     stages.update(_decode_stages(steps))
     return stages
 
@@ -430,16 +445,18 @@ def deepseek_ocr2_costs(config, *, prompt_tokens: int, new_tokens: int, dtype_by
 
 
 def linear_stack_costs(model: nn.Module, *, prompt_tokens: int, new_tokens: int,
-                       dtype_bytes: int) -> dict[str, StageCost]:
+                       dtype_bytes: int, batch: int = 1) -> dict[str, StageCost]:
     """Exact: FLOPs = 2 * T * (L * h^2 + h * V) for T tokens; logits for every position, no cache.
 
     Sub-stages follow build_linear_stack's stage map: body/layers (2*T*L*h^2), body/lm_head (2*T*h*V).
-    Each decode step feeds one token (no cache): T = 1.
+    Each decode step feeds one token (no cache): T = 1. A batch of B sequences: T = B x tokens, the
+    weights read once.
     """
     hidden, vocab = model.embed.embedding_dim, model.embed.num_embeddings
     layers = len(model.layers)
 
     def one_pass(tokens: int) -> dict[str, StageCost]:
+        tokens = batch * tokens
         body = StageCost(2 * tokens * layers * hidden**2, bytes_read=layers * hidden**2 * dtype_bytes)
         head = StageCost(2 * tokens * hidden * vocab, bytes_read=hidden * vocab * dtype_bytes)
         embed = StageCost(0.0, bytes_read=tokens * hidden * dtype_bytes)
@@ -463,6 +480,7 @@ def analytic_costs(
     dtype_bytes: int,
     views: VisionViews | None = None,
     attention: str = "dense",
+    batch: int = 1,
 ) -> dict[str, StageCost]:
     """Analytic costs per stage for a model, its config, or a Workload.
 
@@ -470,10 +488,11 @@ def analytic_costs(
     steps; step i (1-based) attends to prompt_tokens + i positions. Keys: "prefill", the sub-stages
     ("vision_sam", "vision_encoder", "vision_projector" for DeepSeek-OCR-2 with `views`; "body_layers",
     "body_lm_head" for the LinearStack), and with at least one decode step "decode_step_1".. ,
-    "decode_step_mean" and "decode" (all steps). Raises UnsupportedArchitecture for other models.
+    "decode_step_mean" and "decode" (all steps). `batch`: equal-shape prompts per forward (every cost is
+    that of the whole batch). Raises UnsupportedArchitecture for other models.
     """
-    if prompt_tokens < 1 or new_tokens < 1:
-        raise ValueError(f"prompt_tokens={prompt_tokens} and new_tokens={new_tokens} must be >= 1")
+    if prompt_tokens < 1 or new_tokens < 1 or batch < 1:
+        raise ValueError(f"prompt_tokens={prompt_tokens}, new_tokens={new_tokens} and batch={batch} must be >= 1")
     config, router_bytes = source, None
     model = source if isinstance(source, nn.Module) else getattr(source, "model", None)  # a Workload has .model
     if isinstance(model, nn.Module):
@@ -482,37 +501,43 @@ def analytic_costs(
         router_bytes = routers[0].weight.element_size() if routers else None
         if isinstance(model, LinearStack):
             return linear_stack_costs(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-                                      dtype_bytes=dtype_bytes)
+                                      dtype_bytes=dtype_bytes, batch=batch)
         config = getattr(model, "config", None)
         if config is None:
             raise UnsupportedArchitecture(f"{type(model).__name__} has no transformers config to derive costs from")
     if getattr(config, "model_type", None) == "deepseek_ocr2":
         return deepseek_ocr2_costs(config, prompt_tokens=prompt_tokens, new_tokens=new_tokens, dtype_bytes=dtype_bytes,
-                                   views=views, attention=attention, router_bytes=router_bytes)
+                                   views=views, attention=attention, router_bytes=router_bytes, batch=batch)
     if hasattr(config, "text_config") and getattr(config, "vision_config", None) is not None:
         raise UnsupportedArchitecture(
             f"{config.model_type}: only DeepSeek-OCR-2 is modelled among vision-language models")
     return decoder_costs(config, prompt_tokens=prompt_tokens, new_tokens=new_tokens, dtype_bytes=dtype_bytes,
-                         attention=attention, router_bytes=router_bytes)
+                         attention=attention, router_bytes=router_bytes, batch=batch)
 
 
-def views_of(model_inputs: dict[str, Any]) -> VisionViews | None:
-    """The image views of prepared DeepSeek-OCR-2 inputs: pixel_values (1,3,S,S), pixel_values_local (n,3,s,s)."""
+def views_of(model_inputs: dict[str, Any], batch: int = 1) -> VisionViews | None:
+    """The image views of one page of prepared DeepSeek-OCR-2 inputs of `batch` equal-shape pages:
+    pixel_values (B,3,S,S), pixel_values_local (B*n,3,s,s)."""
     pixels = model_inputs.get("pixel_values")
     if pixels is None:
         return None
-    if pixels.shape[0] != 1 or pixels.shape[-1] != pixels.shape[-2]:
-        raise UnsupportedArchitecture(f"pixel_values of shape {tuple(pixels.shape)}: one square global view expected")
+    if pixels.shape[0] != batch or pixels.shape[-1] != pixels.shape[-2]:
+        raise UnsupportedArchitecture(f"pixel_values of shape {tuple(pixels.shape)}: {batch} square global view(s) "
+                                      "expected")
     local = model_inputs.get("pixel_values_local")
-    tiles = 0 if local is None else int(local.shape[0])
+    if local is not None and local.shape[0] % batch:
+        raise UnsupportedArchitecture(f"pixel_values_local of shape {tuple(local.shape)}: not {batch} equal tile sets")
+    tiles = 0 if local is None else int(local.shape[0]) // batch
     tile_px = 768 if local is None else int(local.shape[-1])
     return VisionViews(global_px=int(pixels.shape[-1]), tiles=tiles, tile_px=tile_px)
 
 
 def analytic_costs_for_workload(workload, input_index: int = 0, *, new_tokens: int,
                                 attention: str = "dense") -> dict[str, StageCost]:
-    """analytic_costs for one prepared input of a Workload (prompt length, image views, dtype from it)."""
-    prepared = workload.inputs[input_index]
+    """analytic_costs for one entry of a Workload's `batches` (its inputs at batch_size 1): prompt length,
+    image views, batch size and dtype from it."""
+    prepared = workload.batches[input_index]
     dtype_bytes = torch.empty((), dtype=workload.dtype).element_size()
     return analytic_costs(workload.model, prompt_tokens=prepared.prompt_tokens, new_tokens=new_tokens,
-                          dtype_bytes=dtype_bytes, views=views_of(prepared.model_inputs), attention=attention)
+                          dtype_bytes=dtype_bytes, views=views_of(prepared.model_inputs, prepared.batch_size),
+                          attention=attention, batch=prepared.batch_size)

@@ -21,6 +21,12 @@ where torch has none, so a later torch's own formula wins):
 
 `formula_operator_names()` lists the operators the counts see; analysis.coverage uses it to say how
 much of the profiled time the counts cannot see (copies, elementwise, norms, softmax, ...), per stage.
+
+With batches (`profiling.batch_size` > 1) the pass counts what the timed pass times: one batch per
+count (`workload.batches`), so a stage's FLOPs are those of one execution over the whole batch and
+divide by that stage's (batch) time. The analytic model gets the batch size (passes/analytic.py: FLOPs
+x B, weights read once per forward); a factory's declared costs scale the same way when each entry
+says which of its bytes are weights (`weight_bytes`), else bytes and MBU are absent with one warning.
 """
 
 from __future__ import annotations
@@ -195,13 +201,14 @@ class CountedFlops:
 
 
 def count_stage_flops(workload, *, input_index: int = 0, decode_steps: int = 2) -> CountedFlops:
-    """Count FLOPs of prefill, of each sub-stage and of `decode_steps` decode steps for one input."""
-    if not 0 <= input_index < len(workload.inputs):
-        raise InputError(f"counting input_index={input_index} but the workload has {len(workload.inputs)} input(s): "
-                         "lower profiling.counting inputs")
+    """Count FLOPs of prefill, of each sub-stage and of `decode_steps` decode steps for one entry of
+    `workload.batches` (an input at batch_size 1, a whole batch otherwise)."""
+    if not 0 <= input_index < len(workload.batches):
+        raise InputError(f"counting input_index={input_index} but the workload has {len(workload.batches)} input(s) "
+                         "or batches: lower profiling.counting inputs")
     if decode_steps < 0:
         raise InputError(f"profiling.counting.decode_steps={decode_steps} must be >= 0")
-    prepared = workload.inputs[input_index]
+    prepared = workload.batches[input_index]
     model, convention = workload.model, workload.convention
     counter = new_flop_counter()
     hooks = _StageFlopHooks(counter, workload.stage_modules)
@@ -325,30 +332,59 @@ def _mean_costs(per_input: list[dict[str, dict[str, float]]]) -> dict[str, dict[
     return merged
 
 
-def _declared_costs(workload: Any) -> dict[str, StageCost] | None:
-    """A factory's declared costs in the analytic model's shape (prefill, decode_step_mean)."""
-    if not workload.declared_costs:
+def _batch_bytes(cost: dict[str, float], batch: int) -> float | None:
+    """Bytes of one forward over `batch` inputs: weights (`weight_bytes`) once, the rest per input; None
+    when a batch runs and the factory did not say which of its bytes are weights."""
+    if batch == 1:
+        return float(cost.get("bytes", 0.0))
+    if "weight_bytes" not in cost:
         return None
+    weights = float(cost["weight_bytes"])
+    return weights + batch * (float(cost.get("bytes", 0.0)) - weights)
+
+
+def _declared_costs(workload: Any, batch: int = 1) -> tuple[dict[str, StageCost] | None, set[str]]:
+    """A factory's declared costs (one input) in the analytic model's shape (prefill, decode_step_mean),
+    scaled to a forward over `batch` inputs (FLOPs x batch; bytes: `_batch_bytes`), and the stages whose
+    bytes cannot be scaled (their bytes must be dropped, not used)."""
+    if not workload.declared_costs:
+        return None, set()
     names = {PREFILL: PREFILL, DECODE: "decode_step_mean"}
-    return {names.get(stage, stage): StageCost(float(cost.get("flops", 0.0)), float(cost.get("bytes", 0.0)), 0.0)
-            for stage, cost in workload.declared_costs.items()}
+    costs, unscaled = {}, set()
+    for stage, cost in workload.declared_costs.items():
+        moved = _batch_bytes(cost, batch)
+        if moved is None:
+            unscaled.add(names.get(stage, stage))
+        costs[names.get(stage, stage)] = StageCost(float(cost.get("flops", 0.0)) * batch, moved or 0.0, 0.0)
+    return costs, unscaled
 
 
 def run_counted_pass(workload: Any, settings: Any, new_tokens: int) -> CountedResult:
     """Count every input (settings: the `profiling.counting` section, decode_steps) and model its bytes."""
     per_input, records, first = [], [], None
-    for index in range(len(workload.inputs)):
+    for index, prepared in enumerate(workload.batches):
         counted = count_stage_flops(workload, input_index=index, decode_steps=int(settings.decode_steps))
+        unscaled: set[str] = set()
         try:
             analytic = analytic_costs_for_workload(workload, index, new_tokens=new_tokens)
         except UnsupportedArchitecture as exc:
-            analytic = _declared_costs(workload)
+            analytic, unscaled = _declared_costs(workload, prepared.batch_size)
             if analytic is None and index == 0:
                 log.warning("no analytic byte model for this workload (%s): FLOPs measured, bytes and MBU absent", exc)
+        if unscaled and index == 0:
+            log.warning("model.factory declares costs of %s without 'weight_bytes': in batches of %d its bytes cannot "
+                        "be scaled, so their bytes and MBU are absent (declare the bytes a forward reads once, "
+                        "whatever the batch, as weight_bytes)", ", ".join(sorted(unscaled)), prepared.batch_size)
         first = first or (counted, analytic)
-        per_input.append(efficiency_stage_costs(counted, analytic))
-        records.append({"input_id": workload.inputs[index].input_id, "counted": counted.as_record(),
-                        "analytic": {stage: asdict(cost) for stage, cost in (analytic or {}).items()}})
+        costs = efficiency_stage_costs(counted, analytic)
+        for stage in unscaled:  # their 0.0 bytes are a placeholder, never a measurement
+            costs.get(DECODE if stage == "decode_step_mean" else stage, {}).pop("bytes", None)
+        per_input.append(costs)
+        record = {"input_id": prepared.input_id, **({"batch_size": prepared.batch_size} if workload.batch_size > 1
+                                                      else {})}
+        records.append({**record, "counted": counted.as_record(),
+                        "analytic": {stage: ({"flops": cost.flops} if stage in unscaled else asdict(cost))
+                                     for stage, cost in (analytic or {}).items()}})
     means = _mean_costs(per_input)
     by_quantity = {q: group_totals({stage: c[q] for stage, c in means.items() if q in c}, workload.stages)
                    for q in ("flops", "bytes")}

@@ -2,9 +2,10 @@
 
 What runs: one untimed, unprofiled warmup sample (prefill + the same decode steps), then, under
 torch.profiler (CPU activity, plus CUDA on a GPU), prefill + `decode_steps` decode steps for each of
-the first `num_inputs` inputs, with the generation functions of the timed pass under
-`torch.inference_mode()`. The profiler slows what it watches, so nothing here feeds the timed numbers;
-instead the pass reports its own per-stage times so that the slowdown can be stated (profiler_overhead).
+the first `num_inputs` inputs (batches, with `profiling.batch_size` > 1: what the timed pass times),
+with the generation functions of the timed pass under `torch.inference_mode()`. The profiler slows what
+it watches, so nothing here feeds the timed numbers; instead the pass reports its own per-stage times
+so that the slowdown can be stated (profiler_overhead).
 
 Stage ranges (record_function, and NVTX ranges of the same names on a GPU for Nsight users):
 - `stage:prefill` around each prefill call (one range per input);
@@ -160,15 +161,16 @@ def run_profiled_pass(workload: Workload, settings: Any, out_dir: Path, profile_
     self_cpu_memory_bytes column (allocator events in the trace).
     """
     num_inputs, decode_steps = int(settings.inputs), int(settings.decode_steps)
+    batches = workload.batches  # what the timed pass times: the inputs, or their batches (profiling.batch_size)
     if num_inputs < 1:
         raise InputError(f"profiling.operators.inputs={num_inputs}: profile at least 1 input, or set "
                          "profiling.operators.enabled=false")
     if decode_steps < 0:
         raise InputError(f"profiling.operators.decode_steps={decode_steps} is negative: use 0 or more")
-    if num_inputs > len(workload.inputs):
-        log.info("profiled pass: %d inputs requested, the dataset has %d: profiling all of them",
-                 num_inputs, len(workload.inputs))
-        num_inputs = len(workload.inputs)
+    if num_inputs > len(batches):
+        log.info("profiled pass: %d inputs requested, the dataset has %d%s: profiling all of them",
+                 num_inputs, len(batches), " batches" if workload.batch_size > 1 else "")
+        num_inputs = len(batches)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = workload.device
@@ -178,11 +180,11 @@ def run_profiled_pass(workload: Workload, settings: Any, out_dir: Path, profile_
     ranges = StageRanges(workload.stage_modules, use_nvtx=on_cuda)
     try:
         with torch.inference_mode():
-            _one_sample(workload, workload.inputs[0], max(decode_steps, 1), None)  # warmup, not profiled
+            _one_sample(workload, batches[0], max(decode_steps, 1), None)  # warmup, not profiled
             StageClock(device).synchronize()
             with profile(activities=activities, record_shapes=bool(settings.record_shapes),
                          profile_memory=profile_memory) as prof:
-                for prepared in workload.inputs[:num_inputs]:
+                for prepared in batches[:num_inputs]:
                     _one_sample(workload, prepared, decode_steps, ranges)
                 StageClock(device).synchronize()  # the last kernels must finish inside the profiling window
     finally:

@@ -15,6 +15,12 @@ Definitions (per sample):
   prefill + decode plus the loop's own host gaps, and is the check on the stage times.
 - e2e_tokens_per_s = new_tokens / e2e_ms * 1000; decode_tokens_per_s = (new_tokens - 1) / decode_ms * 1000.
 Column names come from the stage schema: column(stage, quantity).
+
+Batches (`profiling.batch_size` > 1, models.batching): a sample is one batch, one prefill and one
+decode loop over its B prompts together. Its times are every request's latency (the requests of a
+batch start and end together); `new_tokens` and `decode_tpot_ms` stay per request; the token rates
+count the whole batch (B x new_tokens / e2e_ms, B x (new_tokens - 1) / decode_ms); peak memory is the
+batch's. The row adds `batch_size`, and `input_id` is the batch's input ids joined with "+".
 """
 
 from __future__ import annotations
@@ -97,9 +103,11 @@ def _sample_columns(workload: Workload) -> list[str]:
     """samples.csv's columns, in order (the keys `time_one_sample` and `iter_timed_samples` write)."""
     stages = [column(stage, "ms") for stage in workload.stage_modules]
     memory = [column(PREFILL, "peak_mem_mib"), column(DECODE, "peak_mem_mib")] if workload.device.type == "cuda" else []
-    return ["repeat", "input_index", "input_id", "prompt_tokens", "image_tokens", "new_tokens", column(PREFILL, "ms"),
-            *stages, column(DECODE, "ms"), column(DECODE, "tpot_ms"), column(DECODE, "tokens_per_s"),
-            column(E2E, "ms"), column(E2E, "tokens_per_s"), *memory, "wall_start_ns", "wall_end_ns", "clock"]
+    batch = ["batch_size"] if workload.batch_size > 1 else []
+    return ["repeat", "input_index", "input_id", *batch, "prompt_tokens", "image_tokens", "new_tokens",
+            column(PREFILL, "ms"), *stages, column(DECODE, "ms"), column(DECODE, "tpot_ms"),
+            column(DECODE, "tokens_per_s"), column(E2E, "ms"), column(E2E, "tokens_per_s"), *memory,
+            "wall_start_ns", "wall_end_ns", "clock"]
 
 
 def _cuda_peak_mib(device: torch.device) -> float:
@@ -145,43 +153,56 @@ def time_one_sample(
     wall_end_ns = time.perf_counter_ns()
     e2e_ms = (wall_end_ns - wall_start_ns) / 1e6
 
-    prefill_ms = clock.elapsed_ms(start, prefill_end)
     step_ms = []
     previous = prefill_end
     for mark in step_marks:
         step_ms.append(clock.elapsed_ms(previous, mark))
         previous = mark
-    decode_ms = float(sum(step_ms))
-    generated = 1 + len(step_ms)
-
-    row: dict[str, Any] = {
-        "input_id": prepared.input_id,
-        "prompt_tokens": prepared.prompt_tokens,
-        "image_tokens": prepared.image_tokens,
-        "new_tokens": generated,
-        column(PREFILL, "ms"): prefill_ms,
-    }
-    for stage in workload.stage_modules:
-        row[column(stage, "ms")] = 0.0
+    row = _sample_row(workload, prepared, clock.elapsed_ms(start, prefill_end), step_ms, e2e_ms)
     calls = []
     for stage, begin, end in recorder.take():
         row[column(stage, "ms")] += clock.elapsed_ms(begin, end)
         calls.append((stage, clock.elapsed_ms(start, begin), clock.elapsed_ms(start, end)))
-    row.update({
-        column(DECODE, "ms"): decode_ms,
-        column(DECODE, "tpot_ms"): decode_ms / len(step_ms) if step_ms else float("nan"),
-        column(DECODE, "tokens_per_s"): len(step_ms) / decode_ms * 1e3 if decode_ms > 0 else float("nan"),
-        column(E2E, "ms"): e2e_ms,
-        column(E2E, "tokens_per_s"): generated / e2e_ms * 1e3,
-    })
     row.update(memory)
     # Host timestamps of the synchronised window: the NVML sampler's timeline is cut with them.
     row.update(wall_start_ns=wall_start_ns, wall_end_ns=wall_end_ns)
     return TimedSample(row=row, decode_step_ms=step_ms, calls=calls, epoch_start_ns=epoch_start_ns)
 
 
+def _sample_row(workload: Workload, prepared: PreparedInput, prefill_ms: float, step_ms: list[float],
+                e2e_ms: float) -> dict[str, Any]:
+    """samples.csv's row of one sample (sub-stage times start at 0: the caller adds each call's time).
+
+    Latencies are the batch's (every request of it); token rates count every request of the batch."""
+    decode_ms = float(sum(step_ms))
+    generated = 1 + len(step_ms)
+    batch = prepared.batch_size
+    row: dict[str, Any] = {"input_id": prepared.input_id}
+    if workload.batch_size > 1:
+        row["batch_size"] = batch
+    row.update({
+        "prompt_tokens": prepared.prompt_tokens,
+        "image_tokens": prepared.image_tokens,
+        "new_tokens": generated,
+        column(PREFILL, "ms"): prefill_ms,
+    })
+    for stage in workload.stage_modules:
+        row[column(stage, "ms")] = 0.0
+    row.update({
+        column(DECODE, "ms"): decode_ms,
+        column(DECODE, "tpot_ms"): decode_ms / len(step_ms) if step_ms else float("nan"),
+        column(DECODE, "tokens_per_s"): batch * len(step_ms) / decode_ms * 1e3 if decode_ms > 0 else float("nan"),
+        column(E2E, "ms"): e2e_ms,
+        column(E2E, "tokens_per_s"): batch * generated / e2e_ms * 1e3,
+    })
+    return row
+
+
 def iter_timed_samples(workload: Workload, settings: Any, progress: Any = None) -> Iterator[TimedSample]:
     """Yield one record per (repeat, input) after `warmup` untimed samples of every input.
+
+    With batches (`workload.batch_size` > 1) an "input" is a batch: one record per (repeat, batch),
+    `input_index` the batch's index in `workload.batches`.
 
     Every input is warmed, not just the first: inputs of other shapes (another tile count, another
     prompt length) select other kernels and grow the allocator on first use, which measured on an
@@ -200,12 +221,12 @@ def iter_timed_samples(workload: Workload, settings: Any, progress: Any = None) 
     try:
         with torch.inference_mode():
             for _ in range(warmup):
-                for prepared in workload.inputs:
+                for prepared in workload.batches:
                     time_one_sample(workload, prepared, new_tokens, clock, recorder, stop_at_eos)
                     if progress is not None:
                         progress.update(1)
             for repeat in range(repeats):
-                for sample_index, prepared in enumerate(workload.inputs):
+                for sample_index, prepared in enumerate(workload.batches):
                     record = time_one_sample(workload, prepared, new_tokens, clock, recorder, stop_at_eos)
                     record.row = {"repeat": repeat, "input_index": sample_index, **record.row,
                                   "clock": clock.kind}

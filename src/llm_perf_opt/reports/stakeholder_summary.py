@@ -80,7 +80,9 @@ def environment_line(record: RunRecord) -> str:
     versions = ", ".join(f"{k} {env[k]}" for k in ("torch", "transformers") if env.get(k))
     if versions:
         line += f"; {versions}"
-    return line + f"; {record.samples} timed samples of {workload.new_tokens} new tokens each."
+    batch = extra.get("batch_size")
+    batches = f" (batches of {batch} pages)" if batch and batch > 1 else ""
+    return line + f"; {record.samples} timed samples{batches} of {workload.new_tokens} new tokens each."
 
 
 def stage_rows(record: RunRecord) -> list[list[Any]]:
@@ -124,7 +126,9 @@ def speed_lines(record: RunRecord) -> list[str]:
 def energy_lines(record: RunRecord) -> list[str]:
     lines = []
     e2e, prefill, decode = record.stage(E2E), record.stage(PREFILL), record.stage(DECODE)
-    for label, stage, kind, unit, digits in (("Energy per page, end to end", e2e, "mean", "J", 2),
+    # With batches a sample's energy is its batch's: per page is the energy over the pages (per_page).
+    page = "per_page" if e2e is not None and "per_page" in e2e.energy_j else "mean"
+    for label, stage, kind, unit, digits in (("Energy per page, end to end", e2e, page, "J", 2),
                                              ("Energy of prefill", prefill, "mean", "J", 2),
                                              ("Energy per output token, decode", decode, "per_token", "J", 3)):
         value = finite(stage.energy_j.get(kind)) if stage is not None else None

@@ -291,7 +291,8 @@ def _coverage(record: RunRecord) -> str | None:
 
 def _energy(record: RunRecord) -> str | None:
     e2e, decode = record.stage(E2E), record.stage(DECODE)
-    per_page = finite(e2e.energy_j.get("mean")) if e2e is not None else None
+    # With batches, e2e's mean is one batch's energy; per_page divides by the pages.
+    per_page = finite(e2e.energy_j.get("per_page", e2e.energy_j.get("mean"))) if e2e is not None else None
     per_token = finite(decode.energy_j.get("per_token")) if decode is not None else None
     parts = []
     if per_page is not None:

@@ -27,7 +27,7 @@ from llm_perf_opt.reports.view import (
     share_of_parent,
     stage_display,
 )
-from llm_perf_opt.schema import PREFILL
+from llm_perf_opt.schema import E2E, PREFILL
 
 TITLE = "Technical report"
 STATS_SHOWN = ("mean", "std", "p50", "p90", "p99", "min", "max", "count")
@@ -209,6 +209,11 @@ def energy_section(md: Any, record: RunRecord) -> None:
     if rows:
         header(md, "Energy")
         text = "Joules per execution of the stage (end to end: per page) and per output token (decode)."
+        batch = (record.workload.model_extra or {}).get("batch_size")
+        e2e = record.stage(E2E)
+        if batch and batch > 1 and e2e is not None and "per_page" in e2e.energy_j:
+            text = (f"Joules per execution of the stage (end to end: per batch of up to {batch} pages; "
+                    f"{e2e.energy_j['per_page']:.3f} J per page) and per output token (decode).")
         if record.energy is not None and record.energy.power_source:
             text += f" Power source: {record.energy.power_source}."
         if record.energy is not None and record.energy.counter_period_ms is not None:

@@ -21,9 +21,11 @@ def device_type(workload: WorkloadInfo) -> str:
 
 
 def run_name(workload: WorkloadInfo) -> str:
-    """family-preset[-image mode]-dtype-device type, e.g. deepseek_ocr2-tiny-global768-fp32-cpu."""
+    """family-preset[-image mode]-dtype-device type[-bN], e.g. deepseek_ocr2-tiny-global768-fp32-cpu (-b4: batches
+    of 4 pages)."""
+    batch = getattr(workload, "batch_size", None)
     parts = (workload.family, workload.preset, getattr(workload, "image_mode", None), workload.dtype,
-             device_type(workload))
+             device_type(workload), f"b{batch}" if batch and batch > 1 else None)
     return "-".join(str(getattr(part, "value", part)) for part in parts if part)
 
 

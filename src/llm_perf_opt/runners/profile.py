@@ -93,7 +93,7 @@ def run_profile(cfg: DictConfig, run_dir: Path, sweep: SweepJob | None = None, g
     validate(cfg)
     device = resolve_device(cfg.device)
     pages = load_pages(cfg.dataset)
-    workload = build_workload(cfg.model, pages, device, int(cfg.seed))
+    workload = build_workload(cfg.model, pages, device, int(cfg.seed), int(cfg.profiling.batch_size))
     dataset = describe_pages(cfg.dataset, pages)
     out = RunDirectory(run_dir, new_run=True)
     with interrupts() as signals:
@@ -176,7 +176,7 @@ def _measure(cfg: DictConfig, workload: Workload, parts: RunParts, out: RunDirec
     prof = cfg.profiling
     on_gpu = workload.device.type == "cuda"
     sampler = _energy_sampler(prof, workload, parts.env)
-    total = (int(prof.warmup) + int(prof.repeats)) * len(workload.inputs)
+    total = (int(prof.warmup) + int(prof.repeats)) * len(workload.batches)
     parts.run.phase = "timed"
     with sampler or contextlib.nullcontext(), _progress(prof.progress, total) as bar:
         for sample in iter_timed_samples(workload, prof, bar):

@@ -28,6 +28,17 @@ from llm_perf_opt.record import RunRecord
 DATASET_CONTEXT = "profiling"
 TRACE_TAG_RUN_UID = "llm_perf_opt.run_uid"
 TRACE_TAG_INPUT = "llm_perf_opt.input_id"
+MAX_TRACE_INPUT_ID = 250  # a batch's joined ids beyond this are shortened in trace names and tags
+
+
+def trace_input_id(input_id: str) -> str:
+    """The input id a trace is named and tagged with: a batch of many pages (ids joined with "+") as
+    "first+...+last (N inputs)", so that big batches stay within MLflow's tag lengths (timeline.json and
+    samples.csv keep every id)."""
+    parts = input_id.split("+")
+    if len(input_id) <= MAX_TRACE_INPUT_ID or len(parts) < 3:
+        return input_id
+    return f"{parts[0]}+...+{parts[-1]} ({len(parts)} inputs)"
 
 
 def inputs_table(record: RunRecord) -> pd.DataFrame:
@@ -89,9 +100,10 @@ def _log_sample(sample: dict[str, Any], run_id: str, experiment_id: str, run_uid
         attributes = {"stage": span["stage"], "duration_ms": span["end_ms"] - span["start_ms"], **span["attributes"]}
         start = _ns(base, span["start_ms"])
         if span["parent"] is None:
-            tags = {TRACE_TAG_INPUT: str(sample["input_id"]), **({TRACE_TAG_RUN_UID: run_uid} if run_uid else {})}
+            input_id = trace_input_id(str(sample["input_id"]))
+            tags = {TRACE_TAG_INPUT: input_id, **({TRACE_TAG_RUN_UID: run_uid} if run_uid else {})}
             live[span["id"]] = mlflow.start_span_no_context(
-                f"{span['name']} · {sample['input_id']}", span_type="CHAIN", experiment_id=experiment_id,
+                f"{span['name']} · {input_id}", span_type="CHAIN", experiment_id=experiment_id,
                 inputs={"input_id": sample["input_id"], "repeat": sample["repeat"]}, attributes=attributes,
                 metadata={"mlflow.sourceRun": run_id}, tags=tags, start_time_ns=start)
         else:
