@@ -23,23 +23,20 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
+sys.path.insert(0, str(REPO / "tests"))
+import servers  # noqa: E402  (tests/servers.py: the throwaway mlflow server the team-server tests use)
+
 VIEWPORT = {"width": 1600, "height": 1000}
 UI_TIMEOUT_MS = 60_000
-HEALTH_TIMEOUT_S = 120.0
 CLI_TIMEOUT_S = 1800
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 KIND_TAG = "llm_perf_opt.kind"
@@ -168,64 +165,15 @@ def load_recorded(root: Path) -> Recorded:
 # ----------------------------------------------------------------------------------------------- the server
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def server_command(root: Path, port: int) -> list[str]:
-    """`mlflow server` on the store: the runs' artifacts are local paths under root/mlruns, which the server
-    reads directly; new experiments (none here) would put theirs under root/mlruns too."""
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", sqlite_uri(root),
-            "--default-artifact-root", str(root.resolve() / "mlruns"),
-            "--artifacts-destination", str(root.resolve() / "mlartifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-
-
-def wait_for_health(url: str, process: subprocess.Popen, log: Path, timeout: float = HEALTH_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        time.sleep(0.5)
-    raise RuntimeError(f"mlflow server at {url} did not answer /health within {timeout:g} s:\n"
-                       f"{log.read_text()[-3000:]}")
-
-
-def stop_process(process: subprocess.Popen, grace: float = 15.0) -> None:
-    """SIGTERM to the server's process group (it was started in a session of its own), SIGKILL after `grace`."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=grace)
-
-
 @contextlib.contextmanager
-def mlflow_server(root: Path, port: int | None = None) -> Iterator[str]:
-    """A running `mlflow server` on the store under `root`; yields its base URL; always stopped on exit."""
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = root / "mlflow-server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(server_command(root, port), cwd=root, env=cli_env(), stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_health(url, process, log)
-        print(f"mlflow server: {url} (pid {process.pid}, log {log})", flush=True)
+def mlflow_server(root: Path) -> Iterator[str]:
+    """A running `mlflow server` on the store under `root` (tests/servers.py's, with the team set-up's
+    health check and process-group stop); the runs' artifacts are local paths under root/mlruns, which the
+    server reads directly. Yields its base URL; always stopped on exit."""
+    with servers.mlflow_server(sqlite_uri(root), root / "mlartifacts", log=root / "mlflow-server.log", workers=1,
+                               extra=["--default-artifact-root", str(root.resolve() / "mlruns")], cwd=root) as url:
+        print(f"mlflow server: {url} (log {root / 'mlflow-server.log'})", flush=True)
         yield url
-    finally:
-        stop_process(process)
 
 
 # ----------------------------------------------------------------------------------------------- the browser

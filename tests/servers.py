@@ -31,7 +31,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -227,18 +227,20 @@ def stop_process_group(process: subprocess.Popen, grace: float = STOP_GRACE_S) -
         process.wait(timeout=grace)
 
 
-def mlflow_server_command(backend: str, artifacts: Path, port: int, workers: int = 2) -> list[str]:
+def mlflow_server_command(backend: str, artifacts: Path, port: int, workers: int = 2,
+                          extra: Sequence[str] = ()) -> list[str]:
     """`mlflow server` on `backend` with proxied artifacts: clients send artifacts over HTTP
     (`mlflow-artifacts:/` URIs), the server stores them under `artifacts`. uvicorn (MLflow's default) runs
-    `workers` processes, each serving requests concurrently from a thread pool."""
+    `workers` processes, each serving requests concurrently from a thread pool. `extra`: more server
+    arguments (e.g. `--default-artifact-root` for a store whose runs logged their artifacts locally)."""
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
             "--serve-artifacts", "--artifacts-destination", str(artifacts),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *extra]
 
 
 @contextlib.contextmanager
 def mlflow_server(backend: str, artifacts: Path, log: Path | None = None, workers: int = 2,
-                  jobs: bool = False) -> Iterator[str]:
+                  jobs: bool = False, extra: Sequence[str] = (), cwd: Path | None = None) -> Iterator[str]:
     """A running `mlflow server` on `backend`; yields `http://127.0.0.1:<port>`; always stopped on exit."""
     artifacts = Path(artifacts).resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -246,8 +248,9 @@ def mlflow_server(backend: str, artifacts: Path, log: Path | None = None, worker
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as out:
-        process = subprocess.Popen(mlflow_server_command(backend, artifacts, port, workers), cwd=artifacts.parent,
-                                   env=server_env(jobs), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(mlflow_server_command(backend, artifacts, port, workers, extra),
+                                   cwd=cwd or artifacts.parent, env=server_env(jobs), stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_health(url, process, log)
         yield url

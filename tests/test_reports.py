@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -164,17 +165,26 @@ def _cost_centres(text: str) -> list[list[str]]:
     return [line.strip("|").split("|") for line in section.splitlines() if line[:2].strip("|").isdigit()]
 
 
-@pytest.mark.parametrize("on_device", [True, False])
-def test_cost_centres_rank_by_self_time_so_nested_work_counts_once(tmp_path, on_device):
+def _nested_summary(tmp_path, on_device: bool, columns: dict) -> tuple[Path, str]:
+    """A run directory of the NESTED operators (operators.csv with `columns` set, in NESTED's row order) and
+    its stakeholder summary's text."""
     record = gpu_record(operators=[row[:4] for row in NESTED],
                         profiled={"decode": {"ranges": 7, "profiled_ms": NESTED_DECODE_MS}})
     run_dir = write_run_dir(record, tmp_path / "run", operators=[row[:4] for row in NESTED], on_device=on_device)
     frame = pd.read_csv(run_dir / "operators.csv")
-    frame["self_cpu_ms"] = [row[4] * 1.5 for row in NESTED]  # CPU self times: other numbers, same order
-    frame["self_device_ms"] = [row[4] for row in NESTED] if on_device else float("nan")
+    assert list(frame["name"]) == [row[1] for row in NESTED]
+    for name, values in columns.items():
+        frame[name] = values
     frame.to_csv(run_dir / "operators.csv", index=False)
     write_reports(run_dir)
-    text = (run_dir / "stakeholder_summary.md").read_text()
+    return run_dir, (run_dir / "stakeholder_summary.md").read_text()
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_cost_centres_rank_by_self_time_so_nested_work_counts_once(tmp_path, on_device):
+    run_dir, text = _nested_summary(tmp_path, on_device, {
+        "self_cpu_ms": [row[4] * 1.5 for row in NESTED],  # CPU self times: other numbers, same order
+        "self_device_ms": [row[4] for row in NESTED] if on_device else float("nan")})
     basis, heading, scale = (("self device time", "Self device time", 1.0) if on_device
                              else ("self CPU time", "Self CPU time", 1.5))
     assert f"|{heading} (ms)|Calls|Share of stage|" in text and f"most {basis} in the profiled" in text
@@ -195,16 +205,11 @@ def test_cost_centres_rank_by_self_time_so_nested_work_counts_once(tmp_path, on_
 @pytest.mark.parametrize("on_device", [True, False])
 def test_cost_centres_show_one_level_of_the_operator_tree(tmp_path, on_device):
     """With top-level columns (every run since they exist): the calls the model code makes, inclusive time."""
-    record = gpu_record(operators=[row[:4] for row in NESTED],
-                        profiled={"decode": {"ranges": 7, "profiled_ms": NESTED_DECODE_MS}})
-    run_dir = write_run_dir(record, tmp_path / "run", operators=[row[:4] for row in NESTED], on_device=on_device)
-    frame = pd.read_csv(run_dir / "operators.csv")
     top = {"aten::linear": 10.0, "aten::scaled_dot_product_attention": 3.81, "aten::cat": 2.0}  # the others nest
-    frame["top_level_calls"] = [7 if name in top else 0 for name in frame["name"]]
-    frame["top_level_ms"] = [top.get(name, 0.0) for name in frame["name"]]
-    frame.to_csv(run_dir / "operators.csv", index=False)
-    write_reports(run_dir)
-    text = (run_dir / "stakeholder_summary.md").read_text()
+    names = [row[1] for row in NESTED]
+    run_dir, text = _nested_summary(tmp_path, on_device, {
+        "top_level_calls": [7 if name in top else 0 for name in names],
+        "top_level_ms": [top.get(name, 0.0) for name in names]})
     assert "|Time incl. what it calls (ms)|Calls|Share of stage|" in text and "no listed operator runs inside" in text
     rows = _cost_centres(text)
     assert [row[1:5] for row in rows] == [["aten::linear", "decode", "10.00", "7"],

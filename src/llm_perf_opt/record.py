@@ -277,7 +277,7 @@ def stage_metrics(stage: StageRecord) -> dict[str, float]:
                         if (value := getattr(stage.efficiency, field)) is not None})
     scalars.update({f"energy_j_{kind}": value for kind, value in stage.energy_j.items()})
     flat.update({metric_key(key, q): float(v) for q, v in scalars.items() if _finite(v)})
-    return {name: value for name, value in flat.items() if _finite(value)}
+    return flat
 
 
 def flat_metrics(record: RunRecord) -> dict[str, float]:

@@ -46,6 +46,15 @@ RESERVED = frozenset({E2E, PREFILL, DECODE, DEVICE_GROUP, RUN_GROUP, THROUGHPUT_
 STATS = ("mean", "std", "min", "max", "p50", "p90", "p99")
 StageKind = Literal["measured", "sum_of_children"]
 
+# Run-level MLflow tags, one spelling for every writer and reader (tracking, runners, compare, reports).
+KIND_TAG = "llm_perf_opt.kind"            # profile | comparison | sweep
+RUN_UID_TAG = "llm_perf_opt.run_uid"      # a run directory's id: log-run finds its MLflow run by it
+INPUT_TAG = "llm_perf_opt.input_id"       # an MLflow trace's input (or batch)
+PARENT_TAG = "mlflow.parentRunId"         # MLflow's own: a sweep's child names its parent (the UI nests it)
+SWEEP_JOB_TAG = "llm_perf_opt.sweep_job"  # Hydra's job number of a sweep's child
+SWEEP_DIR_TAG = "llm_perf_opt.sweep_dir"  # the sweep directory (parent and children)
+GPU_TAG = "llm_perf_opt.gpu"              # the device index a sweep job leased
+
 _SEGMENT = re.compile(r"[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*")
 _STAT_SUFFIX = re.compile(r"^(?P<quantity>.+)_(?P<stat>" + "|".join(STATS) + r")$")
 _FIXED_LABELS = {E2E: "end to end", PREFILL: "prefill", DECODE: "decode"}

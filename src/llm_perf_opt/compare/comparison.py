@@ -27,7 +27,7 @@ from llm_perf_opt.compare.environment import (
 )
 from llm_perf_opt.compare.operator_diff import OPERATOR_DIFF_COLUMNS, operator_diff
 from llm_perf_opt.compare.report import terminal_text, write_markdown
-from llm_perf_opt.compare.selection import COMPARISON_KIND, KIND_TAG, RunSelection, as_list, select_runs
+from llm_perf_opt.compare.selection import COMPARISON_KIND, RunSelection, as_list, select_runs
 from llm_perf_opt.compare.summary import logged_metrics, summary_table
 from llm_perf_opt.compare.verdicts import (
     SAMPLE_FILES,
@@ -40,7 +40,7 @@ from llm_perf_opt.compare.verdicts import (
 )
 from llm_perf_opt.record import RECORD_FILE, RunRecord
 from llm_perf_opt.reports.run_note import comparison_note
-from llm_perf_opt.schema import StageTree, metric_key
+from llm_perf_opt.schema import KIND_TAG, StageTree, metric_key
 from llm_perf_opt.sinks.run_directory import RunDirectory
 from llm_perf_opt.tracking.mlflow_tracker import MlflowTracker, flatten, resolve_tracking_uri
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from llm_perf_opt.errors import InputError
+from llm_perf_opt.schema import KIND_TAG, PARENT_TAG
 from llm_perf_opt.tracking.runs import TrackingQueryError, experiment_ids, search_runs
 
-KIND_TAG = "llm_perf_opt.kind"
 PROFILE_KIND = "profile"
 COMPARISON_KIND = "comparison"
 
@@ -56,7 +56,7 @@ def build_filter(selection: RunSelection) -> str:
     if selection.status:
         clauses.append(f"attributes.status = {_quote(selection.status)}")
     if selection.sweep:
-        clauses.append(f"tags.`mlflow.parentRunId` = {_quote(selection.sweep)}")
+        clauses.append(f"tags.`{PARENT_TAG}` = {_quote(selection.sweep)}")
     if selection.run_ids:
         clauses.append(f"attributes.run_id IN ({', '.join(_quote(r) for r in selection.run_ids)})")
     if selection.filter_string and selection.filter_string.strip():

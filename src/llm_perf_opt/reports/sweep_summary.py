@@ -17,13 +17,12 @@ import numpy as np
 import pandas as pd
 
 from llm_perf_opt.reports.plotting import new_figure, save_figure, stage_color, style_axes
-from llm_perf_opt.schema import DECODE, E2E, PREFILL, THROUGHPUT_GROUP, metric_key
+from llm_perf_opt.schema import DECODE, E2E, GPU_TAG, PREFILL, SWEEP_JOB_TAG, THROUGHPUT_GROUP, metric_key
 
 SWEEP_PARAM = "sweep."
 TIMES = [metric_key(PREFILL, "ms", "p50"), metric_key(DECODE, "tpot_ms", "p50"), metric_key(E2E, "ms", "p50")]
 RATES = [metric_key(THROUGHPUT_GROUP, "pages_per_s"), metric_key(THROUGHPUT_GROUP, "tokens_per_s")]
-INFO = {"tags.llm_perf_opt.sweep_job": "job", "tags.mlflow.runName": "run", "status": "status",
-        "tags.llm_perf_opt.gpu": "gpu"}
+INFO = {f"tags.{SWEEP_JOB_TAG}": "job", "tags.mlflow.runName": "run", "status": "status", f"tags.{GPU_TAG}": "gpu"}
 
 
 def _stage_times(children: pd.DataFrame) -> list[str]:

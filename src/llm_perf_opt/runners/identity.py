@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from llm_perf_opt.record import WorkloadInfo
-from llm_perf_opt.tracking.mlflow_tracker import RUN_UID_TAG, flatten
-
-KIND_TAG = "llm_perf_opt.kind"
+from llm_perf_opt.schema import KIND_TAG, RUN_UID_TAG
+from llm_perf_opt.tracking.mlflow_tracker import flatten
 
 
 def device_type(workload: WorkloadInfo) -> str:

@@ -30,14 +30,11 @@ from llm_perf_opt.runners.sweep import SweepCallback, SweepJob, sweep_job
 def profile_main(cfg: DictConfig) -> None:
     task_started()
     job = sweep_job()
-    code, run_id = _profile(cfg, job)
+    code, run_id, lease = _profile(cfg, job)
     if job is not None:
-        job.record_exit(code, run_id, job_lease.pop("held", None))
+        job.record_exit(code, run_id, lease)
     elif code:
         sys.exit(code)
-
-
-job_lease: dict = {}  # the GPU the current job held and when (epoch s), for its .jobs/<n>.json
 
 
 def _gpu_lease(cfg: DictConfig, job: SweepJob | None):
@@ -54,9 +51,10 @@ def _gpu_lease(cfg: DictConfig, job: SweepJob | None):
     return gpu_lease(job.sweep_dir, gpus, int(cfg.sweep.jobs_per_gpu))
 
 
-def _profile(cfg: DictConfig, job: SweepJob | None) -> tuple[int, str | None]:
-    """Profile once: (exit status, MLflow run id). Status 0 finished, 1 failed, 2 bad input, 3 MLflow
-    incomplete, 128+N stopped by signal N."""
+def _profile(cfg: DictConfig, job: SweepJob | None) -> tuple[int, str | None, dict | None]:
+    """Profile once: (exit status, MLflow run id, the GPU lease held: {gpu, from, to} in epoch s, or None).
+    Status 0 finished, 1 failed, 2 bad input, 3 MLflow incomplete, 128+N stopped by signal N."""
+    held = None
     try:
         validate(cfg)  # before torch and transformers load: --help, --cfg and bad input stay fast
         from llm_perf_opt.runners.profile import run_profile
@@ -66,22 +64,22 @@ def _profile(cfg: DictConfig, job: SweepJob | None) -> tuple[int, str | None]:
                 with open_dict(cfg):
                     cfg.device = f"cuda:{lease.index}"
                 print(f"job {job.job}: GPU {lease.index} (waited {lease.waited_s:.1f} s)")
-                job_lease["held"] = {"gpu": lease.index, "from": time.time()}
+                held = {"gpu": lease.index, "from": time.time()}
             outcome = run_profile(cfg, Path(HydraConfig.get().runtime.output_dir), job,
                                   gpu=lease.index if lease is not None else None)
-            if lease is not None:
-                job_lease["held"]["to"] = time.time()  # still held: released when the block ends
+            if held is not None:
+                held["to"] = time.time()  # still held: released when the block ends
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2, None
+        return 2, None, held
     except RunInterrupted as exc:  # before measuring began: no MLflow run exists yet
         print(f"error: {exc} before measuring began; nothing was recorded", file=sys.stderr)
-        return exc.exit_code, None
+        return exc.exit_code, None, held
     except KeyboardInterrupt:  # Ctrl-C while the model was being built
         print("error: interrupted by SIGINT before measuring began; nothing was recorded", file=sys.stderr)
-        return 130, None
+        return 130, None, held
     _report(outcome)
-    return outcome.exit_code, outcome.mlflow_run_id
+    return outcome.exit_code, outcome.mlflow_run_id, held
 
 
 def _report(outcome) -> None:

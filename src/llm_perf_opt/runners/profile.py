@@ -52,11 +52,11 @@ from llm_perf_opt.reports.run_note import run_note
 from llm_perf_opt.runners.identity import run_name, run_params, run_tags
 from llm_perf_opt.runners.lifecycle import interrupts
 from llm_perf_opt.runners.sweep import SweepJob
+from llm_perf_opt.schema import GPU_TAG
 from llm_perf_opt.sinks.run_directory import RunDirectory
 from llm_perf_opt.tracking.mlflow_tracker import MlflowTracker, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
-GPU_TAG = "llm_perf_opt.gpu"  # the device index a sweep job leased
 
 
 @dataclass

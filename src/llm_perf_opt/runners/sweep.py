@@ -30,11 +30,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from llm_perf_opt.schema import KIND_TAG, PARENT_TAG, SWEEP_DIR_TAG, SWEEP_JOB_TAG
+
 # MLflow, pandas and matplotlib load only when a sweep runs (reports/, tracking/ imported in the methods):
-# a single run's bad input stays fast. The tag names are the tracking module's (tracking/sweep.py).
-PARENT_TAG = "mlflow.parentRunId"
-JOB_TAG = "llm_perf_opt.sweep_job"
-SWEEP_DIR_TAG = "llm_perf_opt.sweep_dir"
+# a single run's bad input stays fast.
 SWEEP_FILE = "sweep.json"
 SUMMARY_DIR = "summary"
 JOBS_DIR = ".jobs"  # one <job number>.json per job: its exit status and MLflow run (a job may fail before one exists)
@@ -60,7 +59,7 @@ class SweepJob:
     values: dict[str, str] = field(default_factory=dict)
 
     def tags(self) -> dict[str, str]:
-        return {PARENT_TAG: self.parent_run_id, JOB_TAG: str(self.job), SWEEP_DIR_TAG: str(self.sweep_dir)}
+        return {PARENT_TAG: self.parent_run_id, SWEEP_JOB_TAG: str(self.job), SWEEP_DIR_TAG: str(self.sweep_dir)}
 
     def params(self) -> dict[str, str]:
         return {f"sweep.{key}": value for key, value in self.values.items()}
@@ -133,7 +132,7 @@ class SweepCallback(Callback):
         params = {f"sweep.{key}": ",".join(values) for key, values in swept.items()}
         try:
             run_id, experiment_id = start_parent(uri, config.tracking.experiment, name, params,
-                                                 {"llm_perf_opt.kind": "sweep", SWEEP_DIR_TAG: str(sweep_dir)},
+                                                 {KIND_TAG: "sweep", SWEEP_DIR_TAG: str(sweep_dir)},
                                                  resumed)
         except Exception as exc:  # the jobs still run and record their run directories
             print(f"error: the sweep's parent run could not be created ({type(exc).__name__}: {exc}); jobs run "

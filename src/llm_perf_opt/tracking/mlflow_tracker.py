@@ -38,6 +38,7 @@ from typing import Any
 from mlflow.entities import RunTag
 
 from llm_perf_opt.record import RunRecord
+from llm_perf_opt.schema import RUN_UID_TAG  # noqa: F401  (re-exported: upload.py, identity.py)
 from llm_perf_opt.tracking.run_inputs import log_dataset_input, log_stage_traces, read_timeline
 from llm_perf_opt.tracking.store import StoreUnavailable, prepare_store, unavailable_message
 
@@ -46,7 +47,6 @@ TAG_NOTE_LIMIT = 500      # the error quoted in the incomplete-mirror tag
 BATCH = 100  # MLflow's per-request limit for params
 INCOMPLETE_TAG = "llm_perf_opt.incomplete_mirror"  # the MLflow run lacks data the run directory has
 RECORD_STATUS_TAG = "llm_perf_opt.record_status"   # the run's own status, when the MLflow run ended otherwise
-RUN_UID_TAG = "llm_perf_opt.run_uid"
 RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"      # the run's description in the UI (Markdown)
 NOTE_LIMIT = 8000                     # mlflow.utils.validation.MAX_TAG_VAL_LENGTH

@@ -24,10 +24,9 @@ import pandas as pd
 
 from llm_perf_opt.analysis.timeline import TIMELINE_FILE
 from llm_perf_opt.record import RunRecord
+from llm_perf_opt.schema import INPUT_TAG, RUN_UID_TAG
 
 DATASET_CONTEXT = "profiling"
-TRACE_TAG_RUN_UID = "llm_perf_opt.run_uid"
-TRACE_TAG_INPUT = "llm_perf_opt.input_id"
 MAX_TRACE_INPUT_ID = 250  # a batch's joined ids beyond this are shortened in trace names and tags
 
 
@@ -101,7 +100,7 @@ def _log_sample(sample: dict[str, Any], run_id: str, experiment_id: str, run_uid
         start = _ns(base, span["start_ms"])
         if span["parent"] is None:
             input_id = trace_input_id(str(sample["input_id"]))
-            tags = {TRACE_TAG_INPUT: input_id, **({TRACE_TAG_RUN_UID: run_uid} if run_uid else {})}
+            tags = {INPUT_TAG: input_id, **({RUN_UID_TAG: run_uid} if run_uid else {})}
             live[span["id"]] = mlflow.start_span_no_context(
                 f"{span['name']} · {input_id}", span_type="CHAIN", experiment_id=experiment_id,
                 inputs={"input_id": sample["input_id"], "repeat": sample["repeat"]}, attributes=attributes,

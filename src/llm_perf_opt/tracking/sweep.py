@@ -4,7 +4,7 @@
   tagged `llm_perf_opt.kind=sweep`, with the swept parameters as params (`sweep.<key>` = the values
   swept, e.g. `global768,tiled`), in the experiment its children go to.
 - A child is an ordinary profile run tagged `mlflow.parentRunId=<parent>` (the UI nests it under the
-  parent) and `llm_perf_opt.sweep_job=<job number>` (runners/sweep.py names the tags), with
+  parent) and `llm_perf_opt.sweep_job=<job number>` (tag names: llm_perf_opt.schema), with
   `sweep.<key>` params holding its own values.
 - When the sweep ends, the parent gets the summary (table, plots) as artifacts, counts as metrics
   (`sweep/jobs`, `sweep/finished`, `sweep/failed`), a description, and a status from its children:
@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from llm_perf_opt.schema import PARENT_TAG
 from llm_perf_opt.tracking.mlflow_tracker import (
     NOTE_TAG,
     RUN_NAME_TAG,
@@ -28,10 +29,6 @@ from llm_perf_opt.tracking.mlflow_tracker import (
     mark_experiment_kind,
 )
 from llm_perf_opt.tracking.store import prepare_store
-
-__all__ = ["PARENT_TAG", "children", "end_parent", "finish_parent", "parent_status", "start_parent"]
-
-PARENT_TAG = "mlflow.parentRunId"         # MLflow's own: the UI nests the child under the parent
 
 
 def start_parent(uri: str, experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
