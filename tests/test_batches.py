@@ -38,7 +38,8 @@ from llm_perf_opt.passes.analytic import analytic_costs, decoder_spec, distinct_
 from llm_perf_opt.passes.counted import count_stage_flops
 from llm_perf_opt.passes.timed import TimedResult, iter_timed_samples
 from llm_perf_opt.runners.profile import run_profile
-from llm_perf_opt.tracking.run_inputs import TRACE_TAG_INPUT, trace_input_id
+from llm_perf_opt.schema import INPUT_TAG
+from llm_perf_opt.tracking.run_inputs import trace_input_id
 
 CPU = torch.device("cpu")
 PEAK_TFLOPS, PEAK_GBPS = 0.5, 20.0
@@ -245,7 +246,7 @@ def test_linear_stack_batched_run_counts_the_batch(tmp_path):
     mlflow.set_tracking_uri(uri)
     traces = mlflow.search_traces(run_id=outcome.mlflow_run_id, locations=[logged.info.experiment_id],
                                   return_type="list")
-    assert sorted(t.info.tags[TRACE_TAG_INPUT] for t in traces) == sorted(samples["input_id"].unique())
+    assert sorted(t.info.tags[INPUT_TAG] for t in traces) == sorted(samples["input_id"].unique())
     summary = (outcome.run_dir / "stakeholder_summary.md").read_text()
     assert "4 timed samples (batches of 2 pages) of 4 new tokens each" in summary
     many = "+".join(f"page-{i:04d}" for i in range(64))
