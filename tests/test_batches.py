@@ -84,8 +84,9 @@ def test_batch_size_one_is_the_default_and_changes_nothing():
     assert row["e2e_tokens_per_s"] == 3 / row["e2e_ms"] * 1e3
     assert row["decode_tokens_per_s"] == 2 / row["decode_ms"] * 1e3
     throughput = run_throughput(samples)
-    assert set(throughput) == {"pages_per_s", "tokens_per_s", "decode_tokens_per_s"}  # no pages_per_day
+    assert set(throughput) == {"pages_per_s", "tokens_per_s", "decode_tokens_per_s", "pages_per_day"}
     assert throughput["pages_per_s"] == len(samples) / samples["e2e_ms"].sum() * 1e3
+    assert throughput["pages_per_day"] == throughput["pages_per_s"] * 86_400
 
 
 # --- bad settings ------------------------------------------------------------------------------------

@@ -67,3 +67,48 @@ def test_full_run_on_cuda_records_memory_energy_and_efficiency_metrics(tmp_path)
     if outcome.record.energy is not None:  # NVML present: energy per stage and the device readings
         assert metrics["e2e/energy_j_mean"] > 0 and metrics["decode/energy_j_per_token"] > 0
         assert metrics["gpu/power_w_max"] > 0
+
+
+def _greedy_tokens(workload, prepared, new_tokens: int) -> torch.Tensor:
+    from llm_perf_opt.models.generation import decode_n_tokens
+
+    with torch.inference_mode():
+        first, cache = workload.prefill(prepared)
+        with workload.decode_phase():
+            rest = decode_n_tokens(workload.model, workload.convention, first, cache, new_tokens - 1,
+                                   step=workload.decode_step)
+    return torch.cat([first, *rest], dim=1)
+
+
+def test_reduce_overhead_decode_generates_the_eager_tokens_on_cuda():
+    """Static cache + torch.compile(mode="reduce-overhead") (CUDA graphs): the eager loop's greedy tokens."""
+    from llm_perf_opt.models.decoding import compile_decode
+
+    base = [*FAST, "device=cuda", "model.dtype=fp32", "model.moe_routing=model"]
+    pages = load_pages(compose_config(*base).dataset)
+    eager_cfg = compose_config(*base)
+    eager = build_workload(eager_cfg.model, pages, torch.device("cuda"), 0)
+    graphs_cfg = compose_config(*base, "model.cache=static", "model.compile=reduce-overhead")
+    graphs = build_workload(graphs_cfg.model, pages, torch.device("cuda"), 0)
+    graphs.model.load_state_dict(eager.model.state_dict())  # the same random weights
+    assert compile_decode(graphs, 12) > 0
+    prepared = graphs.batches[0]
+    expected = _greedy_tokens(eager, eager.batches[0], 12)
+    assert torch.equal(_greedy_tokens(graphs, prepared, 12), expected)
+    assert torch.equal(_greedy_tokens(graphs, prepared, 12), expected)  # replayed graphs, reset cache
+
+
+def test_reduce_overhead_run_on_cuda_times_each_step(tmp_path):
+    cfg = compose_config(*FAST, "device=cuda", "model.cache=static", "model.compile=reduce-overhead",
+                         "profiling.new_tokens=16", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")
+    outcome = run_profile(cfg, tmp_path / "run")
+    assert outcome.status == "FINISHED", outcome.error
+    rec = outcome.record
+    assert (rec.workload.cache, rec.workload.compile) == ("static", "reduce-overhead")
+    assert rec.workload.compile_s > 0 and outcome.metrics["run/compile_s"] == pytest.approx(rec.workload.compile_s,
+                                                                                            rel=1e-6)
+    steps = pd.read_csv(outcome.run_dir / "decode_steps.csv")
+    assert len(steps) == 15 * rec.samples and (steps["decode_step_ms"] > 0).all()
+    samples = pd.read_csv(outcome.run_dir / "samples.csv")
+    assert (samples["vision_sam_ms"] > 0).all() and (samples["prefill_ms"] + samples["decode_ms"]
+                                                     <= samples["e2e_ms"] + 0.05).all()

@@ -122,6 +122,10 @@ class BootstrapMethod(StrEnum):
 
 
 FAMILIES = ("deepseek_ocr2", "hf_causal_lm", "custom")
+# model.cache and model.compile (models/decoding.py). Plain strings checked by `validate`, not Enums: OmegaConf
+# matches Enum members by name, and torch spells its mode "reduce-overhead".
+KV_CACHES = ("dynamic", "static")
+COMPILE_MODES = ("none", "default", "reduce-overhead")
 DATASET_SOURCES = ("synthetic", "omnidocbench")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -140,6 +144,8 @@ class TransformersModelConfig:
     experts_implementation: ExpertsImplementation | None = None
     decode_experts_implementation: DecodeExpertsImplementation = DecodeExpertsImplementation.auto
     moe_routing: MoeRouting = MoeRouting.auto
+    cache: str = "dynamic"   # KV_CACHES
+    compile: str = "none"    # COMPILE_MODES: the decode step only (prefill stays eager)
 
 
 @dataclass
@@ -447,6 +453,8 @@ def _validate_profile(cfg: DictConfig) -> None:
         for key in ("prompt_tokens", "prompt_text_tokens"):
             if key in model:
                 _at_least(cfg, f"model.{key}", 1 if key == "prompt_tokens" else 0, "prompt length in tokens")
+        if "cache" in model:
+            _validate_decoding(model)
         if family == "custom":
             factory = model.get("factory")
             if not isinstance(factory, DictConfig) or not factory.get("_target_"):
@@ -507,6 +515,18 @@ def _validate_profile(cfg: DictConfig) -> None:
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
             _fail("hardware.launch_busy_share", share, "is outside [0, 1]",
                   "set hardware.launch_busy_share to a fraction such as 0.5")
+
+
+def _validate_decoding(model: DictConfig) -> None:
+    """model.cache and model.compile: allowed values, and compile only over a static cache."""
+    cache, mode = model.get("cache"), model.get("compile")
+    if cache not in KV_CACHES:
+        _fail("model.cache", cache, "is unknown", f"choose model.cache={' or '.join(KV_CACHES)}")
+    if mode not in COMPILE_MODES:
+        _fail("model.compile", mode, "is unknown", f"choose model.compile={' | '.join(COMPILE_MODES)}")
+    if mode != "none" and cache != "static":
+        _fail("model.compile", mode, "needs a static KV cache (a dynamic cache changes shape every step, so the "
+              "compiled decode step would recompile every step)", "add model.cache=static, or set model.compile=none")
 
 
 def _validate_compare(cfg: DictConfig) -> None:

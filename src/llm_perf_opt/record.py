@@ -158,6 +158,10 @@ class WorkloadInfo(_Model):
     warmup: int
     repeats: int
     moe_routing: str | None = None
+    cache: str | None = None         # KV cache: dynamic | static (models.decoding)
+    compile: str | None = None       # compiled decode step: none | default | reduce-overhead
+    max_cache_len: int | None = None  # the static cache's length (longest prompt + new tokens)
+    compile_s: float | None = None   # seconds compiling and capturing the decode step, before any timed sample
     dataset: DatasetInfo | None = None
     inputs: list[InputInfo]
 
@@ -289,6 +293,8 @@ def flat_metrics(record: RunRecord) -> dict[str, float]:
     flat.update({metric_key(THROUGHPUT_GROUP, q): v for q, v in record.throughput.items() if _finite(v)})
     flat.update({metric_key(DEVICE_GROUP, q): v for q, v in record.device.items() if _finite(v)})
     flat[metric_key(RUN_GROUP, "samples")] = float(record.samples)
+    if _finite(record.workload.compile_s):
+        flat[metric_key(RUN_GROUP, "compile_s")] = float(record.workload.compile_s)
     return {name: float(f"{value:.7g}") for name, value in flat.items()}
 
 

@@ -5,8 +5,7 @@
 - tokens_per_s = tokens generated / sum of e2e_ms (whole requests: prefill included; a batch of B
   generates B x new_tokens);
 - decode_tokens_per_s = decode tokens (all but the first of each request) / sum of decode_ms;
-- pages_per_day = pages_per_s x 86,400 (pages a day on this one device), with batches only (a run
-  with a `batch_size` column) so that a batch_size=1 run logs exactly the metrics it always did.
+- pages_per_day = pages_per_s x 86,400 (pages a day on this one device, at the run's output length).
 
 These are ratios of totals (the rate a server doing the same work back to back sustains), not means of
 per-sample rates (which over-weight the fastest samples); the per-sample rates stay in samples.csv.
@@ -45,8 +44,7 @@ def run_throughput(samples: pd.DataFrame) -> dict[str, float]:
     pages = float(batch.sum())
     if e2e_ms is not None and e2e_ms.sum():
         result["pages_per_s"] = pages / float(e2e_ms.sum()) * 1e3
-        if batched:
-            result["pages_per_day"] = result["pages_per_s"] * SECONDS_PER_DAY
+        result["pages_per_day"] = result["pages_per_s"] * SECONDS_PER_DAY
         if tokens is not None:
             result["tokens_per_s"] = float((tokens * batch).sum()) / float(e2e_ms.sum()) * 1e3
     if decode_ms is not None and decode_ms.sum() and tokens is not None:

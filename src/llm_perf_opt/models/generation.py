@@ -121,15 +121,20 @@ def decode_n_tokens(
     num_steps: int,
     on_step: Callable[[], None] | None = None,
     eos_token_id: int | None = None,
+    step: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]] | None = None,
 ) -> list[torch.Tensor]:
     """Run `num_steps` decode steps; `on_step` is called after each (the timed pass marks there).
 
     Returns the generated tokens (device tensors). With `eos_token_id`, stops after EOS: this reads
-    the token on the host every step, a synchronisation a fixed-length loop does not have.
+    the token on the host every step, a synchronisation a fixed-length loop does not have. `step`
+    replaces the eager step (models.decoding: the compiled one).
     """
     tokens = []
     for _ in range(num_steps):
-        token, cache = decode_one_token(model, convention, token, cache)
+        if step is None:
+            token, cache = decode_one_token(model, convention, token, cache)
+        else:
+            token, cache = step(token, cache)
         tokens.append(token)
         if on_step is not None:
             on_step()

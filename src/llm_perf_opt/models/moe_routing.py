@@ -29,7 +29,10 @@ def _is_topk_router(module: nn.Module) -> bool:
 def _uniform_forward(self: nn.Module, hidden_states: torch.Tensor):
     hidden_states = hidden_states.view(-1, self.weight.shape[-1])
     router_logits = F.linear(hidden_states.type(torch.float32), self.weight.type(torch.float32))
-    noise = torch.rand(router_logits.shape, device=router_logits.device, generator=self._uniform_generator)
+    # Inside torch.compile (model.compile) the draw comes from the global generator (seeded with the run's
+    # seed): compiled graphs cannot take a torch.Generator, and CUDA graphs replay the global one's offsets.
+    generator = None if torch.compiler.is_compiling() else self._uniform_generator
+    noise = torch.rand(router_logits.shape, device=router_logits.device, generator=generator)
     topk_indices = noise.topk(self.top_k, dim=-1, sorted=False).indices
     scale = getattr(self, "routed_scaling_factor", 1.0) / self.top_k
     topk_weights = torch.full(topk_indices.shape, scale, dtype=torch.float32, device=router_logits.device)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from llm_perf_opt.errors import InputError
+from llm_perf_opt.models.decoding import Decoding
 from llm_perf_opt.models.generation import CallConvention, decode_phase
 from llm_perf_opt.schema import StageTree, stage_key
 
@@ -63,9 +64,13 @@ class Workload:
     batch_size: int = 1
     batches: list[PreparedInput] = field(default_factory=list)
     convention: CallConvention = field(init=False)
+    # How the timed and profiled passes prefill and decode (models.decoding): eager over a dynamic cache
+    # unless model.cache / model.compile say otherwise. The counted pass always runs eager.
+    decoding: Decoding = field(init=False)
 
     def __post_init__(self) -> None:
         self.convention = CallConvention.detect(self.model)
+        self.decoding = Decoding(self.model, self.convention, self.device)
         if not self.inputs:
             raise InputError(f"workload '{self.family}' has no inputs: "
                              "check the dataset settings (num_pages, limit, subset)")
@@ -74,6 +79,14 @@ class Workload:
     def decode_phase(self):
         """Context for the decode steps of every pass (timed, profiled, counted, benchmarks)."""
         return decode_phase(self.model, self.decode_experts)
+
+    def prefill(self, prepared: PreparedInput) -> tuple[torch.Tensor, Any]:
+        """The first forward pass of `prepared` as configured (models.decoding): (first token, cache)."""
+        return self.decoding.prefill(prepared.model_inputs, prepared.batch_size)
+
+    def decode_step(self, token: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        """One decode step as configured (eager, or the compiled step over a static cache)."""
+        return self.decoding.step(token, cache)
 
 
 def stage_map_paths(stage_map: Mapping[str, Any] | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -148,9 +161,11 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def load_kwargs(cfg: Any, dtype: torch.dtype) -> dict[str, Any]:
     """from_pretrained/_from_config keyword arguments shared by the transformers families."""
-    kwargs: dict[str, Any] = dict(dtype=dtype, attn_implementation=cfg.attn_implementation)
+    # Plain strings, not the config's StrEnum members: transformers keeps these on the model config, and
+    # torch.compile cannot trace string methods of a str subclass (`attn_implementation.startswith`).
+    kwargs: dict[str, Any] = dict(dtype=dtype, attn_implementation=str(cfg.attn_implementation))
     if cfg.get("experts_implementation"):
-        kwargs["experts_implementation"] = cfg.experts_implementation
+        kwargs["experts_implementation"] = str(cfg.experts_implementation)
     return kwargs
 
 

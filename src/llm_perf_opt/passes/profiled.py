@@ -48,7 +48,6 @@ from llm_perf_opt.analysis.operators import (
     stage_time_table,
 )
 from llm_perf_opt.errors import InputError
-from llm_perf_opt.models.generation import decode_one_token, prefill
 from llm_perf_opt.models.stage_hooks import StageHooks
 from llm_perf_opt.models.workload import PreparedInput, Workload
 from llm_perf_opt.passes.clock import StageClock
@@ -122,23 +121,24 @@ class StageRanges(StageHooks):
 
 
 def _one_sample(workload: Workload, prepared: PreparedInput, decode_steps: int, ranges: StageRanges | None) -> None:
-    model, convention = workload.model, workload.convention
+    """Prefill and decode steps as the timed pass runs them (workload.prefill / decode_step: the configured
+    cache and, with model.compile, the compiled step), inside stage ranges when `ranges` is given."""
     if ranges is None:
-        token, cache = prefill(model, convention, prepared.model_inputs)
+        token, cache = workload.prefill(prepared)
         with workload.decode_phase():
             for _ in range(decode_steps):
-                token, cache = decode_one_token(model, convention, token, cache)
+                token, cache = workload.decode_step(token, cache)
         return
     with ranges.stage(PREFILL):
         ranges.enabled = True  # sub-stage hooks fire only inside prefill
         try:
-            token, cache = prefill(model, convention, prepared.model_inputs)
+            token, cache = workload.prefill(prepared)
         finally:
             ranges.enabled = False
     with workload.decode_phase():
         for _ in range(decode_steps):
             with ranges.stage(DECODE):
-                token, cache = decode_one_token(model, convention, token, cache)
+                token, cache = workload.decode_step(token, cache)
 
 
 def _export_gzipped_trace(prof: profile, target: Path) -> None:

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from llm_perf_opt.analysis.stages import add_group_columns
-from llm_perf_opt.models.generation import decode_n_tokens, prefill
+from llm_perf_opt.models.generation import decode_n_tokens
 from llm_perf_opt.models.stage_hooks import StageHooks
 from llm_perf_opt.models.workload import PreparedInput, Workload
 from llm_perf_opt.passes.clock import Mark, StageClock
@@ -134,7 +134,7 @@ def time_one_sample(
     wall_start_ns = time.perf_counter_ns()
     start = clock.mark()
     recorder.enabled = True
-    token, cache = prefill(model, convention, prepared.model_inputs)
+    token, cache = workload.prefill(prepared)  # eager, into the configured KV cache (models.decoding)
     recorder.enabled = False
     prefill_end = clock.mark()
     if on_cuda:
@@ -146,6 +146,7 @@ def time_one_sample(
             model, convention, token, cache, new_tokens - 1,
             on_step=lambda: step_marks.append(clock.mark()),
             eos_token_id=workload.eos_token_id if stop_at_eos else None,
+            step=workload.decode_step,  # eager, or the compiled step (compiled before the run: compile_decode)
         )
     if on_cuda:
         memory[column(DECODE, "peak_mem_mib")] = _cuda_peak_mib(device)

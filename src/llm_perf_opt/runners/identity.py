@@ -37,10 +37,14 @@ def run_tags(workload: WorkloadInfo, env: Mapping[str, Any], run_dir: str | Path
     return {key: str(value) for key, value in tags.items() if value is not None}
 
 
+MEASURED = {"compile_s"}  # workload fields that are measurements (metric run/compile_s), not settings
+
+
 def run_params(config: Mapping[str, Any], workload: WorkloadInfo) -> dict[str, Any]:
     """The resolved config flattened with dots, plus `workload.*` (every scalar of what ran)."""
     params = flatten(config)
     scalars = workload.model_dump(mode="json")
-    params.update({f"workload.{k}": v for k, v in scalars.items() if not isinstance(v, (dict, list))})
+    params.update({f"workload.{k}": v for k, v in scalars.items()
+                   if not isinstance(v, (dict, list)) and k not in MEASURED})
     params["workload.num_inputs"] = len(workload.inputs)
     return params

@@ -38,6 +38,7 @@ from llm_perf_opt.config import PROJECT_ROOT, validate
 from llm_perf_opt.data import describe_pages, load_pages
 from llm_perf_opt.errors import RunInterrupted
 from llm_perf_opt.models import build_workload
+from llm_perf_opt.models.decoding import compile_decode
 from llm_perf_opt.models.workload import Workload, resolve_device
 from llm_perf_opt.passes.calibration import calibrate, matmul_dtype
 from llm_perf_opt.passes.counted import formula_operator_names, run_counted_pass
@@ -94,6 +95,9 @@ def run_profile(cfg: DictConfig, run_dir: Path, sweep: SweepJob | None = None, g
     device = resolve_device(cfg.device)
     pages = load_pages(cfg.dataset)
     workload = build_workload(cfg.model, pages, device, int(cfg.seed), int(cfg.profiling.batch_size))
+    # Static caches sized, decode step compiled and captured: before any run exists, outside every timed sample.
+    compile_decode(workload, _decoded_tokens(cfg.profiling))
+    workload.info.update(workload.decoding.describe() if "cache" in workload.info else {})
     dataset = describe_pages(cfg.dataset, pages)
     out = RunDirectory(run_dir, new_run=True)
     with interrupts() as signals:
@@ -112,6 +116,12 @@ def run_profile(cfg: DictConfig, run_dir: Path, sweep: SweepJob | None = None, g
         record = _finish(workload, parts, out, timed, tracker)
     return ProfileOutcome(out.path, record.status, tracker.run_id, record, record.error, list(tracker.errors),
                           signals.received, tracker.upload_hint(out.path) if tracker.needs_upload else None)
+
+
+def _decoded_tokens(prof: DictConfig) -> int:
+    """Tokens a sample generates in the longest pass (the static cache holds the prompt and these)."""
+    profiled = int(prof.operators.decode_steps) + 1 if bool(prof.operators.enabled) else 0
+    return max(int(prof.new_tokens), profiled)
 
 
 def _start_parts(cfg: DictConfig, workload: Workload, out: RunDirectory, dataset: dict[str, Any]) -> RunParts:
