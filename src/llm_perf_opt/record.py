@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -246,6 +247,51 @@ class RunRecord(_Model):
 
     def children(self, key: str) -> list[StageRecord]:
         return [stage for stage in self.stages if stage.parent == key]
+
+
+RELATED_RUNS_FILE = "related_runs.json"
+# The metrics a related run carries (MLflow names): what the recommendations cite.
+RELATED_METRICS = (metric_key("e2e", "ms", "p50"), metric_key("prefill", "ms", "p50"),
+                   metric_key("decode", "tpot_ms", "p50"), metric_key(THROUGHPUT_GROUP, "pages_per_s"),
+                   metric_key(THROUGHPUT_GROUP, "tokens_per_s"), metric_key(THROUGHPUT_GROUP, "decode_tokens_per_s"),
+                   metric_key(THROUGHPUT_GROUP, "pages_per_day"))
+
+
+class RelatedRun(_Model):
+    """A profile run as MLflow holds it: params (strings, as logged), a few tags, RELATED_METRICS it logged."""
+
+    run_id: str
+    run_name: str | None = None
+    status: str                      # MLflow's: FINISHED | FAILED | KILLED | RUNNING
+    start_time_ms: int | None = None  # ms since the epoch
+    params: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class RelatedRuns(_Model):
+    """related_runs.json: this run and the other profile runs of its experiment, looked up in MLflow when the run
+    ended (llm_perf_opt.tracking.related); the stakeholder summary's recommendations cite what they measured."""
+
+    tracking_uri: str
+    experiment_id: str
+    looked_up_at: str                # UTC ISO 8601
+    run: RelatedRun                  # this run (its params and tags; its metrics come from its record)
+    others: list[RelatedRun] = Field(default_factory=list)
+
+
+def load_related(run_dir: str | Path) -> RelatedRuns | None:
+    """related_runs.json of a run directory; None when there is none (the run was not tracked, or older). An
+    unreadable file is one warning and None: the recommendations then say they consulted no other runs."""
+    file = Path(run_dir) / RELATED_RUNS_FILE
+    if not file.is_file():
+        return None
+    try:
+        return RelatedRuns.model_validate_json(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValidationError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        warnings.warn(f"{file} is not readable ({first}): recommendations cite no other runs", stacklevel=2)
+        return None
 
 
 def _finite(value: float | None) -> bool:

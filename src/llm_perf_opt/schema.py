@@ -55,6 +55,13 @@ SWEEP_JOB_TAG = "llm_perf_opt.sweep_job"  # Hydra's job number of a sweep's chil
 SWEEP_DIR_TAG = "llm_perf_opt.sweep_dir"  # the sweep directory (parent and children)
 GPU_TAG = "llm_perf_opt.gpu"              # the device index a sweep job leased
 
+# Run params (the resolved config flattened with dots) that readers interpret; a run logged before a param
+# existed reads as its default (llm_perf_opt.reports.configuration.PARAM_DEFAULTS).
+BATCH_SIZE_PARAM = "profiling.batch_size"  # pages per forward
+CACHE_PARAM = "model.cache"                # KV cache: dynamic | static
+COMPILE_PARAM = "model.compile"            # torch.compile mode: none | default | reduce-overhead
+DEVICE_NAME_TAG = "device"                 # the device's name (NVML's / the CPU's), a profile run's tag
+
 _SEGMENT = re.compile(r"[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*")
 _STAT_SUFFIX = re.compile(r"^(?P<quantity>.+)_(?P<stat>" + "|".join(STATS) + r")$")
 _FIXED_LABELS = {E2E: "end to end", PREFILL: "prefill", DECODE: "decode"}

@@ -39,6 +39,7 @@ from llm_perf_opt.compare.verdicts import (
     verdict_table,
 )
 from llm_perf_opt.record import RECORD_FILE, RunRecord
+from llm_perf_opt.reports import throughput_latency
 from llm_perf_opt.reports.run_note import comparison_note
 from llm_perf_opt.schema import KIND_TAG, StageTree, metric_key
 from llm_perf_opt.sinks.run_directory import RunDirectory
@@ -222,18 +223,24 @@ def _operator_diffs(cfg: DictConfig, operators: dict[str, pd.DataFrame], baselin
     return pd.concat([d for d in diffs if not d.empty] or diffs, ignore_index=True)
 
 
+def _plotted(cfg: DictConfig, summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary rows the plots draw: baseline first, at most plots.max_runs."""
+    return pd.concat([summary[summary["baseline"]], summary[~summary["baseline"]]]).head(int(cfg.plots.max_runs))
+
+
 def _plots(cfg: DictConfig, out: RunDirectory, summary: pd.DataFrame, samples: dict[str, dict[str, pd.DataFrame]],
-           tree: StageTree | None, notes: list[str]) -> list[Path]:
+           tree: StageTree | None, notes: list[str], throughput: pd.DataFrame | None = None) -> list[Path]:
     if not bool(cfg.plots.enabled):
         return []
     plot_dir = out.file("plots")
     plot_dir.mkdir(exist_ok=True)
-    shown = pd.concat([summary[summary["baseline"]], summary[~summary["baseline"]]]).head(int(cfg.plots.max_runs))
+    shown = _plotted(cfg, summary)
     if len(shown) < len(summary):
         notes.append(f"plots show {len(shown)} of {len(summary)} runs (plots.max_runs)")
     made = (comparison_plots.plot_stage_times(shown, plot_dir / "stage_times.png", tree),
             comparison_plots.plot_efficiency(shown, plot_dir / "efficiency.png", tree),
-            comparison_plots.plot_distributions(samples, shown, plot_dir / "latency_distributions.png", tree))
+            comparison_plots.plot_distributions(samples, shown, plot_dir / "latency_distributions.png", tree),
+            comparison_plots.plot_throughput_latency(throughput, plot_dir / "throughput_latency.png"))
     return [path for path in made if path is not None]
 
 
@@ -324,12 +331,17 @@ def _compare(cfg: DictConfig, out_dir: Path, uri: str, selection: RunSelection, 
 
     out = RunDirectory(out_dir)
     summary_out = _write_tables(out, cfg, uri, selection, result, mismatches, verdicts, op_diff)
-    plots = _plots(cfg, out, summary, samples, tree, notes)
+    # The throughput-latency points of the plotted runs; None unless their batch sizes differ.
+    throughput = comparison_plots.throughput_latency_points(runs[runs["run_id"].astype(str).isin(
+        _plotted(cfg, summary).index)])
+    if throughput is not None:
+        out.write_csv(throughput_latency.TABLE_FILE, throughput)
+    plots = _plots(cfg, out, summary, samples, tree, notes, throughput)
     settings_line = (f"alpha={settings.alpha}, min_effect={settings.min_effect:.1%}, "
                      f"allow_env_mismatch={settings.allow_env_mismatch}")
     write_markdown(out.file("comparison.md"), summary, result.environment, mismatches, verdicts, op_diff, plots,
                    notes, {"tracking_uri": uri, "selection": selection.describe(), "settings_line": settings_line},
-                   int(cfg.report.markdown_runs), tree)
+                   int(cfg.report.markdown_runs), tree, throughput)
     text = terminal_text(summary, verdicts, mismatches, notes, settings_line, int(cfg.report.terminal_runs))
     out.write_text("comparison.txt", text + "\n")
     run_ids = list(summary.index)

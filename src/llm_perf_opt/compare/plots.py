@@ -15,6 +15,10 @@ compare/stages.py); metric names are made with the schema (`metric_key`, `column
   (plotting.fit_x_tick_labels). One legend of the stages, outside the axes, for both panels.
 - latency_distributions.png: box plots per run of the per-sample times from samples.csv: prefill, its
   direct sub-stages and groups, decode, decode TPOT, e2e.
+- throughput_latency.png: when the compared runs differ in `profiling.batch_size`, pages/s against
+  per-request latency (e2e p50) and tokens/s against decode TPOT p50, one curve per configuration other
+  than the batch size (eager, static cache, compiled), points labelled by batch size
+  (reports/throughput_latency.py draws it, from the runs' params and metrics in the search frame).
 A metric a run lacks is left out of its bar (no zero-height stand-in).
 """
 
@@ -29,6 +33,7 @@ import pandas as pd
 
 from llm_perf_opt.compare.stages import fixed_tree, label, metric_stage, stage_order
 from llm_perf_opt.compare.summary import metric_columns
+from llm_perf_opt.reports import throughput_latency
 from llm_perf_opt.reports.plotting import STYLE, fit_x_tick_labels, new_figure, save_figure, stage_color, style_axes
 from llm_perf_opt.schema import DECODE, E2E, PREFILL, StageTree, column, metric_key
 
@@ -168,3 +173,15 @@ def plot_distributions(samples: Mapping[str, Mapping[str, pd.DataFrame]], summar
         ax.tick_params(axis="x", rotation=45)
     fig.suptitle("Per-sample latency distributions (samples.csv)", fontsize=STYLE["title_size"])
     return save_figure(fig, path)
+
+
+def throughput_latency_points(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """The throughput-latency table of the runs (a search_runs frame), or None when they do not differ in batch
+    size (then there is no figure)."""
+    table = throughput_latency.points(runs)
+    return table if throughput_latency.differs_in_batch_size(table) else None
+
+
+def plot_throughput_latency(points: pd.DataFrame | None, path: Path) -> Path | None:
+    """throughput_latency.png from `throughput_latency_points`; None without points."""
+    return throughput_latency.plot(points, path) if points is not None else None

@@ -16,7 +16,7 @@ from llm_perf_opt.compare.directions import metric_direction
 from llm_perf_opt.compare.stages import label
 from llm_perf_opt.compare.summary import RATIO_PREFIX, metric_columns
 from llm_perf_opt.compare.verdicts import NO_CHANGE
-from llm_perf_opt.reports import markdown
+from llm_perf_opt.reports import markdown, throughput_latency
 from llm_perf_opt.reports.markdown import bullets, header, new_document, table
 from llm_perf_opt.schema import StageTree
 
@@ -94,7 +94,10 @@ def _known(value: object) -> str:
 
 def write_markdown(path: Path, summary: pd.DataFrame, environment: pd.DataFrame, mismatches: dict[str, list[str]],
                    verdicts: pd.DataFrame, operators: pd.DataFrame, plots: list[Path], notes: list[str],
-                   context: dict, max_runs: int, tree: StageTree | None = None) -> Path:
+                   context: dict, max_runs: int, tree: StageTree | None = None,
+                   throughput: pd.DataFrame | None = None) -> Path:
+    """comparison.md; `throughput` (compare/plots.throughput_latency_points), when the runs differ in batch size,
+    adds the section "Throughput vs latency by batch size" with the plotted points."""
     md = new_document("Run comparison")
     baseline = summary.index[summary["baseline"]][0]
     md.new_paragraph(f"Baseline **{baseline}**; {len(summary)} profile runs compared. "
@@ -140,6 +143,13 @@ def write_markdown(path: Path, summary: pd.DataFrame, environment: pd.DataFrame,
              f"{fmt_value(r.baseline_calls)}/{fmt_value(r.candidate_calls)}", r.presence]
             for r in group.itertuples()])
 
+    if throughput is not None:
+        header(md, "Throughput vs latency by batch size")
+        figure = next((p for p in plots if p.name == "throughput_latency.png"), None)
+        where = f" ({figure.relative_to(path.parent).as_posix()} draws one curve per configuration)" if figure else ""
+        md.new_paragraph(f"One row per run{where}: throughput (pages/s; tokens/s of whole requests) against "
+                         "per-request latency (e2e p50) and decode time per output token (TPOT p50).")
+        table(md, throughput_latency.MARKDOWN_HEADER, throughput_latency.markdown_rows(throughput))
     if plots:
         header(md, "Plots")
         for plot in plots:

@@ -6,7 +6,8 @@
     operator_summary_for_metrics(operators_df, top_n) -> dict   # what the profiler adds to metrics.json
 
 metrics.json contract: `build_summary` needs nothing but metrics.json, read through the run record
-(`llm_perf_opt.record.load`, schema_version 2); an older or malformed metrics.json is an InputError that
+(`llm_perf_opt.record.load`, schema_version 2; a related_runs.json beside it, when there is one, lets the
+recommendations cite the experiment's other runs); an older or malformed metrics.json is an InputError that
 says what is wrong and to re-run the profile. For the operator part of the summary the profiler adds
 the keys `operator_summary_for_metrics` returns:
 - "top_operators": the top-N operator records over all stages, by total_time_ms;
@@ -33,10 +34,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from llm_perf_opt.record import load_related
 from llm_perf_opt.reports import read_record
 from llm_perf_opt.reports.stakeholder_summary import write_stakeholder_markdown
 from llm_perf_opt.reports.stakeholder_summary import write_stakeholder_summary as write_summary_of_record
@@ -93,9 +96,11 @@ def write_stakeholder_summary(path: str, top_ops: list[dict], stage_takeaways: d
 
 
 def build_summary(metrics_path: str, out_md: str) -> None:
-    """Regenerate stakeholder_summary.md from a run's metrics.json alone (InputError when it is not a
-    readable schema_version 2 run record)."""
-    write_summary_of_record(read_record(metrics_path), out_md)
+    """Regenerate stakeholder_summary.md from a run's metrics.json (InputError when it is not a readable
+    schema_version 2 run record). A related_runs.json beside it is read too, so the rebuilt summary's
+    recommendations match the one the run wrote; without it they say no other runs were consulted."""
+    path = Path(metrics_path)
+    write_summary_of_record(read_record(path), out_md, related=load_related(path if path.is_dir() else path.parent))
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

@@ -2,7 +2,8 @@
 and roofline.png.
 
 Everything comes from files: metrics.json (the RunRecord, read through `llm_perf_opt.record.load`),
-plus operators.csv / kernels.csv when the profiled pass wrote them; so the reports of any past run can
+plus operators.csv / kernels.csv when the profiled pass wrote them and related_runs.json (the experiment's
+other runs, which recommendations cite) when the run was tracked; so the reports of any past run can
 be regenerated with `write_reports(run_dir)`. No torch is imported here (nor by anything this package
 imports).
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from llm_perf_opt.record import RunRecord, load
+from llm_perf_opt.record import RunRecord, load, load_related
 from llm_perf_opt.reports.operators import write_operators_markdown
 from llm_perf_opt.reports.stakeholder_summary import write_stakeholder_markdown, write_stakeholder_summary
 from llm_perf_opt.reports.takeaways import derive_recommendations, derive_takeaways
@@ -52,6 +53,7 @@ def write_reports(run_dir: str | Path, top_n: int | None = None) -> list[Path]:
     roofline.png (when a stage has efficiency with intensity and achieved TFLOP/s and the record has peaks) into
     `run_dir`, from its metrics.json and CSVs alone. Returns the paths written.
 
+    Recommendations cite related_runs.json when the directory has one (record.load_related).
     `top_n` (operators per stage) defaults to the length of the record's top_operators, else 10.
     """
     run_dir = Path(run_dir)
@@ -59,8 +61,9 @@ def write_reports(run_dir: str | Path, top_n: int | None = None) -> list[Path]:
     if top_n is None:
         top_n = len(record.top_operators) or DEFAULT_TOP_N
     operators, kernels = _csv(run_dir / OPERATORS_CSV), _csv(run_dir / KERNELS_CSV)
-    written = [write_technical_report(record, run_dir / REPORT_FILE, operators, kernels, top_n),
-               write_stakeholder_summary(record, run_dir / STAKEHOLDER_FILE, operators)]
+    related = load_related(run_dir)
+    written = [write_technical_report(record, run_dir / REPORT_FILE, operators, kernels, top_n, related),
+               write_stakeholder_summary(record, run_dir / STAKEHOLDER_FILE, operators, related)]
     if operators is not None:
         written.append(write_operators_markdown(record, operators, kernels, run_dir / OPERATORS_FILE, top_n))
     from llm_perf_opt.reports import roofline, stage_breakdown  # matplotlib: loaded only when a report is written

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from llm_perf_opt.record import OperatorRecord, RunRecord
+from llm_perf_opt.record import OperatorRecord, RelatedRuns, RunRecord
 from llm_perf_opt.reports.markdown import bullets, header, new_document, table, write_markdown
 from llm_perf_opt.reports.takeaways import (
     TOP_LEVEL,
@@ -228,10 +228,13 @@ def write_stakeholder_markdown(
     return write_markdown(md, path)
 
 
-def write_stakeholder_summary(record: RunRecord, path: str | Path, operators: pd.DataFrame | None = None) -> Path:
+def write_stakeholder_summary(record: RunRecord, path: str | Path, operators: pd.DataFrame | None = None,
+                              related: RelatedRuns | None = None) -> Path:
     """stakeholder_summary.md of `record`, written to exactly `path`. Cost centres from `operators`
-    (operators.csv's table, which write_reports passes) when given, else from the record's operator lists."""
+    (operators.csv's table, which write_reports passes) when given, else from the record's operator lists;
+    `related` (related_runs.json) lets recommendations cite what their configuration measured here."""
     path = Path(path)
     top_ops, basis = cost_centres(record, operators)
     return write_stakeholder_markdown(path, top_ops=top_ops, takeaways=derive_takeaways(record, operators),
-                                      recommendations=derive_recommendations(record), record=record, basis=basis)
+                                      recommendations=derive_recommendations(record, related), record=record,
+                                      basis=basis)

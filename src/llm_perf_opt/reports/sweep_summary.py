@@ -6,6 +6,11 @@ each stage's p50 time, decode TPOT p50, pages/s and tokens/s. For each swept par
 `sweep_<key>.png` plots stage p50 times (left) and throughput (right) against its values; children that
 differ in other swept parameters form separate series (labelled by those values). Numeric values are
 placed on a numeric axis, others in the order they were swept.
+
+When the children (their search_runs frame, `write_summary`'s `children`) differ in `profiling.batch_size`,
+`throughput_latency.png` plots their throughput against per-request latency, one curve per configuration
+(reports/throughput_latency.py); `throughput_latency.csv` holds the plotted points, and sweep_summary.md
+shows both.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from llm_perf_opt.reports import throughput_latency
 from llm_perf_opt.reports.plotting import new_figure, save_figure, stage_color, style_axes
 from llm_perf_opt.schema import DECODE, E2E, GPU_TAG, PREFILL, SWEEP_JOB_TAG, THROUGHPUT_GROUP, metric_key
 
@@ -104,14 +110,24 @@ def plot_parameter(table: pd.DataFrame, key: str, swept: Sequence[str], path: Pa
     return save_figure(fig, path)
 
 
-def write_summary(table: pd.DataFrame, swept: Sequence[str], out_dir: Path) -> list[Path]:
-    """sweep_summary.csv, sweep_summary.md and one plot per swept parameter in `out_dir`."""
+def write_summary(table: pd.DataFrame, swept: Sequence[str], out_dir: Path,
+                  children: pd.DataFrame | None = None) -> list[Path]:
+    """sweep_summary.csv, sweep_summary.md and one plot per swept parameter in `out_dir`; with `children` (the
+    search_runs frame `table` was made from) differing in batch size, throughput_latency.png and .csv too."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "sweep_summary.csv", out_dir / "sweep_summary.md"]
     table.to_csv(written[0], index=False)
-    written[1].write_text("# Sweep summary\n\n" + summary_markdown(table, swept), encoding="utf-8")
+    markdown = "# Sweep summary\n\n" + summary_markdown(table, swept)
     for key in swept:
         plot = plot_parameter(table, key, swept, out_dir / f"sweep_{key.replace('/', '_')}.png")
         if plot is not None:
             written.append(plot)
+    points = throughput_latency.points(children) if children is not None else None
+    if points is not None and throughput_latency.differs_in_batch_size(points):
+        plot = throughput_latency.plot(points, out_dir / throughput_latency.FIGURE_FILE)
+        if plot is not None:
+            points.to_csv(out_dir / throughput_latency.TABLE_FILE, index=False)
+            written += [plot, out_dir / throughput_latency.TABLE_FILE]
+            markdown += "\n" + throughput_latency.markdown_section(points, plot.name)
+    written[1].write_text(markdown, encoding="utf-8")
     return written

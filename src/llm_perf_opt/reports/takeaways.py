@@ -28,6 +28,9 @@ Takeaways ({topic: sentence}):
 Recommendations follow the same numbers: work on the dominant stage of e2e (decode: launch overhead
 or memory traffic by its verdict; prefill: the group that is at least half of prefill, and its
 largest part), and read operator times as shares when an overhead ratio reaches INFLATED_OVERHEAD.
+A recommended configuration (launch-bound decode: a compiled decode with a static cache, larger batches;
+memory-bound decode: larger batches) names what a run of it in the same experiment measured, or says it
+is untested here (reports/measured_effects.py).
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from pydantic import ValidationError
 
 from llm_perf_opt.analysis.efficiency import DEFAULT_LAUNCH_BUSY_SHARE
-from llm_perf_opt.record import Efficiency, OperatorRecord, RunRecord, StageRecord
+from llm_perf_opt.record import Efficiency, OperatorRecord, RelatedRuns, RunRecord, StageRecord
+from llm_perf_opt.reports.measured_effects import compiled_decode_effect, larger_batch_effect
 from llm_perf_opt.reports.view import finite, operator_share, pct, resolve_stage, share_of_parent
 
 if TYPE_CHECKING:
@@ -333,7 +337,7 @@ def derive_takeaways(record: RunRecord, operators: pd.DataFrame | None = None) -
     return takeaways
 
 
-def _decode_recommendation(record: RunRecord, share: float) -> str:
+def _decode_recommendation(record: RunRecord, share: float, related: RelatedRuns | None = None) -> str:
     decode = record.stage(DECODE)
     text = f"Optimise decode first: it is {pct(share)} of end-to-end time."
     eff = decode.efficiency if decode is not None else None
@@ -343,10 +347,11 @@ def _decode_recommendation(record: RunRecord, share: float) -> str:
     if verdict is not None and verdict[0] == "launch":
         busy_text = f"the device busy only {busy:.0%} of decode" if busy is not None else "decode launch-bound"
         text += (f" With {busy_text}, cut per-token launch overhead: CUDA graphs (torch.compile "
-                 "mode='reduce-overhead') or more sequences per batch.")
+                 f"mode='reduce-overhead' with a static KV cache; {compiled_decode_effect(record, related)}) or "
+                 f"more sequences per batch ({larger_batch_effect(record, related)}).")
     elif mbu is not None and mbu >= MEMORY_BOUND_MBU:
         text += (f" At MBU {mbu:.0%} decode is limited by memory traffic: lower-precision weights / KV "
-                 "cache or larger batches raise tokens/s.")
+                 f"cache or larger batches raise tokens/s (larger batches: {larger_batch_effect(record, related)}).")
     return text
 
 
@@ -366,14 +371,16 @@ def _prefill_recommendation(record: RunRecord, share: float) -> str:
     return text
 
 
-def derive_recommendations(record: RunRecord) -> dict[str, str]:
-    """{topic: recommendation} that follow from the same numbers as derive_takeaways."""
+def derive_recommendations(record: RunRecord, related: RelatedRuns | None = None) -> dict[str, str]:
+    """{topic: recommendation} that follow from the same numbers as derive_takeaways. A recommended configuration
+    (a compiled decode, larger batches) cites what a run of it in `related` (related_runs.json: the experiment's
+    other runs) measured, or says it is untested here (reports/measured_effects.py)."""
     recommendations: dict[str, str] = {}
     dominant = dominant_child(record, E2E)
     if dominant is not None:
         stage, share = dominant
         if stage.key == DECODE:
-            recommendations["decode"] = _decode_recommendation(record, share)
+            recommendations["decode"] = _decode_recommendation(record, share, related)
         elif stage.key == PREFILL:
             recommendations["prefill"] = _prefill_recommendation(record, share)
     worst = max(headline_overheads(record).items(), key=lambda item: item[1], default=None)

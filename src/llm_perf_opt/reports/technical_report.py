@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from llm_perf_opt.record import RunRecord, StageRecord
+from llm_perf_opt.record import RelatedRuns, RunRecord, StageRecord
 from llm_perf_opt.reports.markdown import bullets, header, new_document, table, write_markdown
 from llm_perf_opt.reports.takeaways import derive_recommendations, derive_takeaways
 from llm_perf_opt.reports.view import (
@@ -226,8 +226,10 @@ def energy_section(md: Any, record: RunRecord) -> None:
 
 
 def write_technical_report(record: RunRecord, path: str | Path, operators: pd.DataFrame | None = None,
-                           kernels: pd.DataFrame | None = None, top_n: int = 10) -> Path:
-    """Write report.md for `record` to exactly `path`; operators / kernels are operators.csv / kernels.csv."""
+                           kernels: pd.DataFrame | None = None, top_n: int = 10,
+                           related: RelatedRuns | None = None) -> Path:
+    """Write report.md for `record` to exactly `path`; operators / kernels are operators.csv / kernels.csv,
+    `related` is related_runs.json (what recommended configurations measured in the experiment)."""
     md = new_document(TITLE)
     header(md, "Run")
     if record.status != "FINISHED":
@@ -256,7 +258,7 @@ def write_technical_report(record: RunRecord, path: str | Path, operators: pd.Da
         bullets(md, [f"**{k}**: {v}" for k, v in takeaways.items()])
     else:
         md.new_paragraph("No takeaways: the run has no stage timings.")
-    recommendations = derive_recommendations(record)
+    recommendations = derive_recommendations(record, related)
     if recommendations:
         header(md, "Recommendations")
         bullets(md, [f"**{k}**: {v}" for k, v in recommendations.items()])

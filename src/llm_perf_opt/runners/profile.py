@@ -47,7 +47,7 @@ from llm_perf_opt.passes.environment import capture_environment
 from llm_perf_opt.passes.profiled import run_profiled_pass
 from llm_perf_opt.passes.timed import TimedResult, TimedSample, iter_timed_samples
 from llm_perf_opt.profiling.export import operator_summary_for_metrics
-from llm_perf_opt.record import ProfiledPassInfo, RunInfo, RunRecord, WorkloadInfo, record_tags
+from llm_perf_opt.record import RELATED_RUNS_FILE, ProfiledPassInfo, RunInfo, RunRecord, WorkloadInfo, record_tags
 from llm_perf_opt.reports import write_reports
 from llm_perf_opt.reports.run_note import run_note
 from llm_perf_opt.runners.identity import run_name, run_params, run_tags
@@ -273,6 +273,10 @@ def _finish(workload: Workload, parts: RunParts, out: RunDirectory, timed: list[
         record = record or _step(parts, out, "record", lambda: _timed_only_record(parts), "metrics.json")
         record = record or _bare_record(parts)
         _step(parts, out, "record", lambda: out.write_record(record), "metrics.json")
+        related = tracker.related_runs()  # the experiment's other runs, which recommendations cite (None: untracked)
+        if related is not None:
+            _step(parts, out, "reports", lambda: out.write_json(RELATED_RUNS_FILE, related.model_dump()),
+                  RELATED_RUNS_FILE)
         _step(parts, out, "reports", lambda: write_reports(out.path), "the reports")
         if (record.status, record.error) != (parts.status, parts.error):  # a later step failed: say so on disk
             record = record.model_copy(update={"status": parts.status, "error": parts.error, "run": parts.run})

@@ -157,7 +157,7 @@ class SweepCallback(Callback):
         found = children(parent["tracking_uri"], parent["experiment_id"], parent["parent_run_id"])
         table = summary_table(found, parent["swept"])
         out = sweep_dir / SUMMARY_DIR
-        write_summary(table, parent["swept"], out)
+        write_summary(table, parent["swept"], out, found)
         statuses = [str(s) for s in table["status"]]
         results = job_results(sweep_dir)
         jobs = max(parent["jobs"], len(results), len(statuses))

@@ -37,8 +37,9 @@ from typing import Any
 
 from mlflow.entities import RunTag
 
-from llm_perf_opt.record import RunRecord
+from llm_perf_opt.record import RelatedRuns, RunRecord
 from llm_perf_opt.schema import RUN_UID_TAG  # noqa: F401  (re-exported: upload.py, identity.py)
+from llm_perf_opt.tracking.related import related_runs
 from llm_perf_opt.tracking.run_inputs import log_dataset_input, log_stage_traces, read_timeline
 from llm_perf_opt.tracking.store import StoreUnavailable, prepare_store, unavailable_message
 
@@ -258,6 +259,19 @@ class MlflowTracker:
             mlflow.log_artifacts(str(directory), run_id=self.run_id)
 
         self._guard("log_artifacts", _log)
+
+    def related_runs(self) -> RelatedRuns | None:
+        """This run and the other profile runs of its experiment (tracking/related.py), for the stakeholder
+        summary's recommendations; None when there is no MLflow run. A failed look-up is one warning and None:
+        it reads the store, so it never marks the mirror incomplete."""
+        if not self.active or self.run_id is None:
+            return None
+        try:
+            return related_runs(self.uri, self.run_id)
+        except Exception as exc:
+            warnings.warn(f"looking up the experiment's other runs failed ({type(exc).__name__}: "
+                          f"{_first_line(str(exc))}): the recommendations cite no other runs", stacklevel=2)
+            return None
 
     def finish(self, status: str) -> str | None:
         """End the run with `status` (FINISHED, FAILED, KILLED); tried even after an earlier failure so the run
