@@ -230,3 +230,11 @@ def test_a_second_run_names_what_the_first_measured_through_a_real_store(tmp_pat
     (second.run_dir / RELATED_RUNS_FILE).unlink()
     build_summary(str(second.run_dir / "metrics.json"), str(tmp_path / "bare.md"))
     assert "no other runs were consulted" in (tmp_path / "bare.md").read_text()
+
+
+def test_a_compiled_run_still_launch_bound_is_told_to_batch_not_to_compile():
+    record = launch_bound_record()
+    record.workload.cache, record.workload.compile = "static", "reduce-overhead"
+    text = derive_recommendations(record)["decode"]
+    assert "although it already replays CUDA graphs (static KV cache + reduce-overhead)" in text
+    assert "torch.compile mode='reduce-overhead'" not in text and "more sequences per batch (" in text

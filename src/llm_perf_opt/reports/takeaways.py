@@ -344,7 +344,13 @@ def _decode_recommendation(record: RunRecord, share: float, related: RelatedRuns
     verdict = boundness(eff)
     busy = finite(eff.busy_share) if eff is not None else None
     mbu = finite(eff.mbu) if eff is not None else None
-    if verdict is not None and verdict[0] == "launch":
+    compiled = record.workload.compile == "reduce-overhead"
+    if verdict is not None and verdict[0] == "launch" and compiled:
+        busy_text = f"the device busy only {busy:.0%} of decode" if busy is not None else "decode launch-bound"
+        text += (f" With {busy_text} although it already replays CUDA graphs (static KV cache + "
+                 "reduce-overhead), give each step more work: more sequences per batch "
+                 f"({larger_batch_effect(record, related)}).")
+    elif verdict is not None and verdict[0] == "launch":
         busy_text = f"the device busy only {busy:.0%} of decode" if busy is not None else "decode launch-bound"
         text += (f" With {busy_text}, cut per-token launch overhead: CUDA graphs (torch.compile "
                  f"mode='reduce-overhead' with a static KV cache; {compiled_decode_effect(record, related)}) or "
