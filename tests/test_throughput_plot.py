@@ -225,3 +225,14 @@ def test_points_of_an_empty_or_metricless_frame_draw_nothing(tmp_path):
     assert list(table["batch_size"]) == [1, 2] and not throughput_latency.differs_in_batch_size(table)
     assert throughput_latency.plot(table, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_page_counts_that_follow_the_batch_size_do_not_split_a_series():
+    """A batch of B pages needs B pages: a batch-size sweep changes dataset.num_pages with it (one series)."""
+    from llm_perf_opt.reports.configuration import configuration, same_except
+
+    one = configuration({"profiling.batch_size": "1", "dataset.num_pages": "1", "model.preset": "full"})
+    many = configuration({"profiling.batch_size": "32", "dataset.num_pages": "32", "model.preset": "full"})
+    other = configuration({"profiling.batch_size": "32", "dataset.num_pages": "32", "model.preset": "tiny"})
+    assert "dataset.num_pages" not in one and same_except(one, many, ["profiling.batch_size"])
+    assert not same_except(one, other, ["profiling.batch_size"])

@@ -9,7 +9,9 @@ strings) except:
   they change MFU, not times), the passes that run after the timed one (`profiling.operators.*`,
   `profiling.counting.*`) or beside it (`profiling.energy.*`), the progress bar, how many samples were
   taken (`profiling.warmup`, `profiling.repeats`: a compiled run needs more warmup, and more repeats
-  measure the same thing), `device` (auto | cuda | cuda:N: replaced by what ran, below) and the
+  measure the same thing), how many pages of the same source ran (`dataset.num_pages`, `dataset.limit`: a
+  batch of B pages needs B pages, so a batch-size sweep changes them with the batch size; each page is
+  drawn the same way), `device` (auto | cuda | cuda:N: replaced by what ran, below) and the
   `workload.*` params (derived from the config) but those in WORKLOAD_IDENTITY;
 - plus the device that ran: `device_name` (the run's `device` tag: NVML's name, or the CPU's) and
   `device_type` (cpu | cuda, from `workload.device`).
@@ -28,7 +30,8 @@ from llm_perf_opt.schema import BATCH_SIZE_PARAM, CACHE_PARAM, COMPILE_PARAM, DE
 PARAM_DEFAULTS = {CACHE_PARAM: "dynamic", COMPILE_PARAM: "none", BATCH_SIZE_PARAM: "1"}
 IGNORED_PREFIXES = ("tracking.", "sweep.", "hardware.", "profiling.operators.", "profiling.counting.",
                     "profiling.energy.", "workload.")
-IGNORED = frozenset({"profiling.progress", "profiling.warmup", "profiling.repeats", "device"})
+IGNORED = frozenset({"profiling.progress", "profiling.warmup", "profiling.repeats", "dataset.num_pages",
+                     "dataset.limit", "device"})
 WORKLOAD_IDENTITY = ("workload.family", "workload.preset", "workload.image_mode", "workload.dtype",
                      "workload.new_tokens")
 DEVICE_NAME, DEVICE_TYPE = "device_name", "device_type"
