@@ -476,7 +476,7 @@ def require_trust_remote_code(model: Any) -> None:
         _fail("model.path", None, f"is not set (model={model.get('family')} loads its code and config from a "
               "local model directory)", "add model.path=/path/to/DeepSeek-OCR")
     if model.get("trust_remote_code") is not True:
-        _fail("model.trust_remote_code", model.get("trust_remote_code"),
+        _fail("model.trust_remote_code", "false",
               f"refuses to run the Python files in {model.get('path')} (DeepSeek-OCR v1 is code that runs when it "
               "loads)", "read them, then add model.trust_remote_code=true")
 
