@@ -8,6 +8,7 @@ requirement are checked in whichever environment runs the suite.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -63,8 +64,10 @@ def test_refuses_without_trust_remote_code_in_one_line():
 
 
 def test_command_line_refusal_exits_2_before_any_run(tmp_path):
-    env = {"LLM_PERF_OPT_RUNS_DIR": str(tmp_path / "runs"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+    env = dict(os.environ, LLM_PERF_OPT_RUNS_DIR=str(tmp_path / "runs"),
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # in-process runs of other tests set these
+        env.pop(leaked, None)
     result = subprocess.run([sys.executable, "-m", "llm_perf_opt", "profile", "model=deepseek_ocr",
                              f"model.path={V1_DIR}", "model.preset=tiny"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)

@@ -91,7 +91,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # Files whose presence means the directory holds weights (from_pretrained loads them).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 
 
 @dataclass(frozen=True)
