@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -157,6 +158,30 @@ def test_tiny_preset_and_inputs_as_infer_builds_them(tiny_global512):
     inner = model.model
     assert workload.stage_modules == {"vision_sam": inner.sam_model, "vision_clip": inner.vision_model,
                                       "vision_projector": inner.projector}
+
+
+@requires_v1
+def test_weights_in_the_directory_are_loaded_and_routed_by_the_model(tiny_global512, tmp_path):
+    # A checkpoint directory: the released code (copied into tmp_path, never into the repo), the tiny model's
+    # config and weights (bf16), and a tokenizer_config.json whose <image> fits the tiny vocabulary.
+    for path in V1_DIR.glob("*.py"):
+        shutil.copy(path, tmp_path / path.name)
+    tiny = tiny_global512.model
+    tiny.save_pretrained(tmp_path, state_dict={k: v.to(torch.bfloat16) for k, v in tiny.state_dict().items()})
+    image_id = tiny_global512.info["image_token_id"] - 7
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"added_tokens_decoder": {str(image_id): {"content": "<image>", "special": True}}}))
+    assert v1.has_weights(tmp_path)
+    workload = _workload(f"model.path={tmp_path}", "model.image_mode=global512")
+    assert workload.info["weights"] == "checkpoint" and workload.info["preset"] == "checkpoint"
+    assert workload.info["moe_routing"] == "model" and workload.info["moe_routers_switched"] == 0
+    assert workload.info["image_token_id"] == image_id
+    prepared = workload.inputs[0]
+    assert set(prepared.model_inputs["input_ids"][0, 1:1 + prepared.image_tokens].tolist()) == {image_id}
+    loaded = dict(workload.model.named_parameters())
+    assert set(loaded) == {name for name, _ in tiny.named_parameters()}
+    for name in ("lm_head.weight", "model.sam_model.blocks.0.attn.qkv.weight", "model.layers.1.mlp.gate.weight"):
+        assert torch.equal(loaded[name], tiny.get_parameter(name).to(torch.bfloat16).float()), name
 
 
 @requires_v1

@@ -59,6 +59,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from PIL import ImageOps
 
 from llm_perf_opt.config import require_trust_remote_code
 from llm_perf_opt.data.pages import Page
@@ -119,7 +120,7 @@ PATCH_SIZE, DOWNSAMPLE_RATIO = 16, 4
 class DeviceMask(torch.Tensor):
     """A bool mask whose `.cuda()` keeps it where it is: the remote forward's `.cuda()` on a CPU run."""
 
-    def cuda(self, *args: Any, **kwargs: Any) -> torch.Tensor:  # noqa: ARG002 - the signature .cuda() has
+    def cuda(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.as_subclass(torch.Tensor)
 
 
@@ -181,7 +182,7 @@ def load_config(directory: Path, preset: str, overrides: dict[str, Any] | None =
 
 
 def remote_class(directory: Path):
-    """The model class named by config.json's auto_map (the directory's modeling_deepseekocr.py)."""
+    """The directory's modeling_deepseekocr.DeepseekOCRForCausalLM (what config.json's auto_map names AutoModel)."""
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     return get_class_from_dynamic_module(f"modeling_deepseekocr.{MODEL_CLASS}", str(directory))
@@ -194,7 +195,7 @@ def silence_remote_prints(model_class) -> None:
 
 
 def build_model(cfg: Any, device: torch.device, dtype: torch.dtype):
-    """(model, weights: "checkpoint" | "random", config) from `model.path`, on `device` in `dtype`."""
+    """(model, weights: "checkpoint" | "random") from `model.path`, on `device` in `dtype`."""
     require_remote_transformers()
     directory = model_directory(cfg.path)
     attn = str(cfg.attn_implementation)
@@ -217,12 +218,15 @@ def build_model(cfg: Any, device: torch.device, dtype: torch.dtype):
     return model, "random"
 
 
-def image_token_id(cfg: Any, model) -> int:
-    preset = str(cfg.preset) if str(cfg.preset) in PRESETS else "full"
-    token = int(PRESETS[preset]["image_token_id"])
-    if token >= model.config.vocab_size:
-        raise InputError(f"model.preset={cfg.preset}: image token id {token} is outside the vocabulary "
-                         f"({model.config.vocab_size}): lower model.architecture_overrides.vocab_size changes")
+def image_token_id(cfg: Any, weights: str, vocab_size: int) -> int:
+    """The preset's `<image>` id for random weights; a checkpoint's from its tokenizer_config.json (else infer()'s)."""
+    if weights == "checkpoint":
+        token = released_image_token_id(Path(cfg.path).expanduser()) or RELEASED_IMAGE_TOKEN_ID
+    else:
+        token = int(PRESETS[str(cfg.preset)]["image_token_id"])  # load_config checked the preset
+    if token >= vocab_size:
+        raise InputError(f"model.path={cfg.path}: the image token id {token} is outside the model's vocabulary "
+                         f"({vocab_size}): fix <image> in its tokenizer_config.json or the vocabulary size")
     return token
 
 
@@ -235,8 +239,6 @@ def page_views(page: Page, mode: ImageMode, code) -> tuple[torch.Tensor, torch.T
     transform = code.BasicImageTransform(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), normalize=True)
     fill = tuple(int(x * 255) for x in transform.mean)
     image = page.image.convert("RGB")
-    from PIL import ImageOps
-
     if mode.crop_mode:
         tiles: list = []
         crop = (1, 1)
@@ -307,8 +309,7 @@ def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int 
     model, weights = build_model(cfg, device, dtype)
     model.eval()
     routing, routers = apply_routing_choice(model, cfg.moe_routing, weights, seed)
-    token = image_token_id(cfg, model) if weights == "random" else (
-        released_image_token_id(Path(cfg.path).expanduser()) or RELEASED_IMAGE_TOKEN_ID)
+    token = image_token_id(cfg, weights, model.config.vocab_size)
     inputs = prepare_inputs(pages, model, mode, token, int(cfg.prompt_text_tokens), device, dtype, seed)
     config = model.config
     info = {

@@ -12,7 +12,8 @@ Conventions (the same as the counted pass in `flops.py`, so that the two agree):
   prefill, P*P + Q*P + Q*(Q+1)/2 for the DeepSeek-OCR-2 vision encoder (bidirectional over the P
   patches, causal over the Q learned queries). A causal flash kernel does about this much work.
 - Logits: prefill computes the last position only (the generation loop passes logits_to_keep=1);
-  each decode step one position. The LinearStack (no `logits_to_keep`) computes every position.
+  each decode step one position. The LinearStack and DeepSeek-OCR v1's remote code (no `logits_to_keep`)
+  compute every prompt position.
 - MoE: the router GEMM for every token, k routed experts per token, the shared experts for every
   token. The FLOPs do not depend on which experts are picked.
 
@@ -653,7 +654,8 @@ def analytic_costs(
 
     `new_tokens` follows the timed pass: prefill yields the first token, then new_tokens - 1 decode
     steps; step i (1-based) attends to prompt_tokens + i positions. Keys: "prefill", the sub-stages
-    ("vision_sam", "vision_encoder", "vision_projector" for DeepSeek-OCR-2 with `views`; "body_layers",
+    ("vision_sam", "vision_encoder", "vision_projector" for DeepSeek-OCR-2 with `views`; "vision_sam",
+    "vision_clip", "vision_projector" for DeepSeek-OCR v1 with `views`; "body_layers",
     "body_lm_head" for the LinearStack), and with at least one decode step "decode_step_1".. ,
     "decode_step_mean" and "decode" (all steps). `batch`: equal-shape prompts per forward (every cost is
     that of the whole batch). Raises UnsupportedArchitecture for other models.
