@@ -46,7 +46,7 @@ import sys
 from llm_perf_opt import record
 run = record.load(sys.argv[1])
 work, extra = run.workload, run.workload.model_extra or {}
-tokens = sorted({(i.model_extra or {}).get("image_tokens") for i in work.inputs} - {None})
+tokens = sorted({getattr(i, "image_tokens", None) for i in work.inputs} - {None})
 print(f"\n## {sys.argv[1].rsplit('/', 1)[-1]}: {work.family} {work.preset} {extra.get('image_mode')}, {run.status}, "
       f"{run.samples} samples, image tokens per page {tokens}")
 print("| stage | p50 | TFLOP/s | MFU % | GB/s | MBU % | FLOP/B | bound | measured/analytic FLOPs |")
