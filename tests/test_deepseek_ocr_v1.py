@@ -228,6 +228,23 @@ def test_counted_flops_equal_the_analytic_model_single_view(tiny_global512):
 
 
 @requires_v1
+def test_a_batch_of_pages_is_counted_as_the_analytic_model_says(tiny_global512):
+    # profiling.batch_size=2: the remote forward loops over the batch's pages, one SAM/CLIP/projector call each.
+    cfg = compose_config(*FAST, *V1, "model.image_mode=global512", "dataset.num_pages=2")
+    workload = build_workload(cfg.model, load_pages(cfg.dataset), CPU, 0, batch_size=2)
+    batch = workload.batches[0]
+    assert batch.batch_size == 2 and tuple(batch.model_inputs["input_ids"].shape) == (2, batch.prompt_tokens)
+    counted = count_stage_flops(workload, decode_steps=1)
+    analytic = analytic_costs_for_workload(workload, new_tokens=2)
+    assert counted.stage_calls == {stage: 2 for stage in SUBSTAGES}
+    assert counted.prefill_flops == pytest.approx(analytic["prefill"].flops, rel=1e-12)
+    assert counted.decode_step_flops[0] == pytest.approx(analytic["decode_step_1"].flops, rel=1e-12)
+    single = count_stage_flops(tiny_global512, decode_steps=0)  # the same page size, one page per forward
+    for stage in SUBSTAGES:
+        assert counted.stage_flops[stage] == 2 * single.stage_flops[stage] == pytest.approx(analytic[stage].flops)
+
+
+@requires_v1
 def test_counted_flops_equal_the_analytic_model_in_crop_mode():
     # A 2:1 page: two 640 px tiles (one SAM/CLIP/projector call) and the 1024 px global view (another).
     workload = _workload("model.image_mode=crop", "dataset.sizes=[[1280,640]]")
