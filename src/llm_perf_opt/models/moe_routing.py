@@ -41,8 +41,7 @@ def _is_moe_gate(module: nn.Module) -> bool:
     )
 
 
-def _uniform_choice(self: nn.Module, hidden_states: torch.Tensor):
-    """(router logits, equal weights, uniformly drawn top-k indices): the router GEMM stays in the profile."""
+def _uniform_forward(self: nn.Module, hidden_states: torch.Tensor):
     hidden_states = hidden_states.view(-1, self.weight.shape[-1])
     router_logits = F.linear(hidden_states.type(torch.float32), self.weight.type(torch.float32))
     noise = torch.rand(router_logits.shape, device=router_logits.device, generator=self._uniform_generator)
@@ -53,12 +52,9 @@ def _uniform_choice(self: nn.Module, hidden_states: torch.Tensor):
 
 
 def _uniform_gate_forward(self: nn.Module, hidden_states: torch.Tensor):
-    _, topk_weights, topk_indices = _uniform_choice(self, hidden_states)
+    """The same choice (router GEMM kept) in MoEGate's return shape: (indices, weights, no aux loss)."""
+    _, topk_weights, topk_indices = _uniform_forward(self, hidden_states)
     return topk_indices, topk_weights, None
-
-
-def _uniform_forward(self: nn.Module, hidden_states: torch.Tensor):
-    return _uniform_choice(self, hidden_states)
 
 
 def find_routers(model: nn.Module) -> list[nn.Module]:
