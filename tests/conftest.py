@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from hydra import compose, initialize_config_dir
 
 # Importing llm_perf_opt.config registers the structured configs (the schemas every conf/ YAML extends)
@@ -50,6 +51,21 @@ def demo_root() -> Path:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CPU-only machine)")
+
+# Two environments run this suite (.ci/run): the main one (transformers 5.x) and DeepSeek-OCR v1's (4.46.3).
+TRANSFORMERS_VERSION = transformers.__version__
+NATIVE_OCR2 = hasattr(transformers, "DeepseekOcr2Config")  # transformers >= 5.17
+V1_ENVIRONMENT = TRANSFORMERS_VERSION.startswith("4.46.")
+V1_DIR = REPO_ROOT.parent / "shared" / "deepseek-ocr-v1"  # the released DeepSeek-OCR code + configs, no weights
+V1_EXTRAS = REPO_ROOT.parent / "shared" / "deepseek-ocr-v1-extras"  # its weight index
+requires_transformers5 = pytest.mark.skipif(
+    not NATIVE_OCR2, reason=f"needs transformers >= 5.17 (DeepSeek-OCR-2's native classes); this environment has "
+                            f"{TRANSFORMERS_VERSION} (the DeepSeek-OCR v1 environment)")
+requires_v1 = pytest.mark.skipif(
+    not V1_ENVIRONMENT or not (V1_DIR / "config.json").is_file(),
+    reason=(f"DeepSeek-OCR v1's remote code needs transformers 4.46.x (this environment has {TRANSFORMERS_VERSION}: "
+            "the v1 environment runs it, docs/models.md)") if not V1_ENVIRONMENT else
+           f"the DeepSeek-OCR v1 directory is not at {V1_DIR} (../shared beside the checkout)")
 
 
 class TeamServer:

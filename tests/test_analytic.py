@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from conftest import FAST, compose_config
+from conftest import FAST, compose_config, requires_transformers5
 from llm_perf_opt.data import load_pages
 from llm_perf_opt.models import build_workload
 from llm_perf_opt.models.deepseek_ocr2 import IMAGE_MODES, build_config, image_token_count
@@ -51,6 +51,7 @@ def _workload(*overrides: str) -> Workload:
 
 
 @pytest.mark.parametrize("image_mode", ["global768", "tiled"])
+@requires_transformers5
 def test_deepseek_tiny_measured_and_analytic_agree(image_mode):
     workload = _workload(f"model.image_mode={image_mode}")
     counted = count_stage_flops(workload, decode_steps=2)
@@ -64,6 +65,7 @@ def test_deepseek_tiny_measured_and_analytic_agree(image_mode):
     assert sum(costs[s].flops for s in VISION) < costs["prefill"].flops
 
 
+@requires_transformers5
 def test_generic_llama_tiny_measured_and_analytic_agree():
     workload = _workload("model=hf_causal_lm", "model.prompt_tokens=48")
     counted = count_stage_flops(workload, decode_steps=2)
@@ -78,6 +80,7 @@ def test_generic_llama_tiny_measured_and_analytic_agree():
     ("qwen2_moe", dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
                        shared_expert_intermediate_size=48, decoder_sparse_step=1, mlp_only_layers=[0])),
 ])
+@requires_transformers5
 def test_generic_moe_measured_and_analytic_agree(model_type, extra):
     config = AutoConfig.for_model(model_type, vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **extra)
@@ -153,6 +156,7 @@ def full_on_meta() -> Workload:
 
 
 @pytest.mark.parametrize("input_index", [0, 1, 2])
+@requires_transformers5
 def test_deepseek_full_on_meta_measured_and_analytic_agree(full_on_meta, input_index):
     counted = count_stage_flops(full_on_meta, input_index=input_index, decode_steps=2)
     costs = analytic_costs_for_workload(full_on_meta, input_index, new_tokens=3)
@@ -160,6 +164,7 @@ def test_deepseek_full_on_meta_measured_and_analytic_agree(full_on_meta, input_i
     assert counted.stage_calls["vision_sam"] == (2 if full_on_meta.inputs[input_index].meta["tiles"] else 1)
 
 
+@requires_transformers5
 def test_parameter_counts_behind_the_byte_model(full_on_meta):
     full = full_on_meta.model
     assert deepseek_ocr2_parameters(full.config) == sum(p.numel() for p in full.parameters())
@@ -171,6 +176,7 @@ def _bytes_of(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
+@requires_transformers5
 def test_decode_bytes_are_used_weights_plus_kv_cache(full_on_meta):
     """Decode reads the text weights except unused experts, one embedding row and the KV cache."""
     model = full_on_meta.model
@@ -194,6 +200,7 @@ def test_decode_bytes_are_used_weights_plus_kv_cache(full_on_meta):
     assert costs["prefill"].bytes_written == kv_entry * prompt
 
 
+@requires_transformers5
 def test_distinct_experts_matches_uniform_routing():
     workload = _workload("model.image_mode=global768")
     router = find_routers(workload.model)[0]
@@ -206,6 +213,7 @@ def test_distinct_experts_matches_uniform_routing():
     assert distinct_experts(64, 6, 4000) == pytest.approx(64)
 
 
+@requires_transformers5
 def test_masked_attention_convention_counts_only_kept_pairs():
     config = AutoConfig.for_model("llama", vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                                   num_attention_heads=4, num_key_value_heads=2)
@@ -228,6 +236,7 @@ def test_masked_attention_convention_counts_only_kept_pairs():
     assert "decode" not in d  # new_tokens=1: no decode step, no decode cost (absent, not zero)
 
 
+@requires_transformers5
 def test_unsupported_models_say_so():
     mla = AutoConfig.for_model("deepseek_v3", vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                num_attention_heads=4, kv_lora_rank=16, q_lora_rank=24)

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import FAST, compose_config
+from conftest import FAST, compose_config, requires_transformers5
 from llm_perf_opt import record
 from llm_perf_opt.analysis.energy import energy_per_stage
 from llm_perf_opt.analysis.throughput import run_throughput
@@ -116,6 +116,7 @@ def test_bad_batch_settings_fail_with_one_input_error_line():
 
 
 @pytest.mark.parametrize(("mode", "size", "tiles"), [("global1024", "[[1240,1754]]", 0), ("tiled", "[[1000,500]]", 2)])
+@requires_transformers5
 def test_deepseek_batched_logits_and_tokens_equal_per_page(mode, size, tiles):
     workload = _workload(f"model.image_mode={mode}", f"dataset.sizes={size}", "dataset.num_pages=2",
                          "model.moe_routing=model", batch_size=2)
@@ -137,6 +138,7 @@ def test_deepseek_batched_logits_and_tokens_equal_per_page(mode, size, tiles):
     assert tokens.tolist() == [_generate(workload, page.model_inputs)[0].tolist() for page in workload.inputs]
 
 
+@requires_transformers5
 def test_pages_of_other_tile_counts_batch_only_with_their_own_shape():
     workload = _workload("model.image_mode=tiled", "dataset.sizes=[[1000,500],[900,900]]", "dataset.num_pages=5",
                          batch_size=2)
@@ -150,6 +152,7 @@ def test_pages_of_other_tile_counts_batch_only_with_their_own_shape():
     assert views_of(workload.batches[2].model_inputs, 2).tiles == 4
 
 
+@requires_transformers5
 def test_hf_causal_lm_batched_tokens_and_flops_equal_the_pages():
     workload = _workload("model=hf_causal_lm", "model.prompt_tokens=16", "dataset.num_pages=2", batch_size=2)
     (batch,) = workload.batches
@@ -165,6 +168,7 @@ def test_hf_causal_lm_batched_tokens_and_flops_equal_the_pages():
 # --- the analytic byte model -----------------------------------------------------------------------------
 
 
+@requires_transformers5
 def test_analytic_batch_scales_flops_and_reads_weights_once():
     workload = _workload("model=hf_causal_lm", "model.prompt_tokens=16")
     by_batch = {b: analytic_costs(workload.model.config, prompt_tokens=16, new_tokens=3, dtype_bytes=4, batch=b)
@@ -276,6 +280,7 @@ def test_known_flop_factories_batched(tmp_path, model, overrides, flops, weight_
     _check_rates(run, samples)
 
 
+@requires_transformers5
 def test_deepseek_batched_run_counts_the_batch(tmp_path):
     cfg = compose_config(*FAST, "dataset.num_pages=2", "profiling.batch_size=2", *PEAKS, *QUIET)
     outcome = run_profile(cfg, tmp_path / "run")

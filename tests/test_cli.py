@@ -10,7 +10,7 @@ import mlflow
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, requires_transformers5
 from llm_perf_opt.cli import expand_overrides
 
 
@@ -80,6 +80,7 @@ def test_config_composes_from_the_package_outside_the_checkout(tmp_path):
 
 
 @pytest.mark.slow
+@requires_transformers5
 def test_mlflow_run_passes_overrides_into_the_run(tmp_path):
     env = _env(tmp_path)
     result = subprocess.run(

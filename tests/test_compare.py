@@ -34,7 +34,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF_DIR, FAST, REPO_ROOT, compose_config
+from conftest import CONF_DIR, FAST, REPO_ROOT, compose_config, requires_transformers5
 from llm_perf_opt import record as run_record
 from llm_perf_opt.analysis.throughput import run_throughput
 from llm_perf_opt.compare import run_comparison
@@ -584,6 +584,7 @@ def compare(runs, tmp_path: Path, names: list[str], *overrides: str):
     return run_comparison(cfg, tmp_path / "out")
 
 
+@requires_transformers5
 def test_slower_candidate_is_regressed(runs, tmp_path):
     outcome = compare(runs, tmp_path, ["base", "slow"])
     slow = runs["ids"]["slow"]
@@ -608,6 +609,7 @@ def test_slower_candidate_is_regressed(runs, tmp_path):
     assert any("operators.csv unavailable" in note for note in outcome.notes)  # profiled without the operator pass
 
 
+@requires_transformers5
 def test_same_configuration_gives_no_significant_change(runs, tmp_path):
     # Back-to-back runs of one configuration differed by up to ~10 % in prefill p50 under other jobs' load
     # (and a 2 % shift with p < 0.05 did occur), so this check uses a 25 % minimum effect; the slow run
@@ -620,6 +622,7 @@ def test_same_configuration_gives_no_significant_change(runs, tmp_path):
     assert outcome.verdicts["verdict"].isin([NO_CHANGE, IMPROVED, REGRESSED]).all()
 
 
+@requires_transformers5
 def test_environment_mismatch_blocks_verdicts_unless_allowed(runs, tmp_path):
     client = mlflow.MlflowClient(runs["uri"])
     slow = runs["ids"]["slow"]
@@ -640,6 +643,7 @@ def test_environment_mismatch_blocks_verdicts_unless_allowed(runs, tmp_path):
     assert "environment mismatch" in (blocked.out_dir / "comparison.md").read_text()
 
 
+@requires_transformers5
 def test_comparison_run_is_recorded_and_linked(runs, tmp_path):
     outcome = compare(runs, tmp_path, ["base", "same", "slow"])
     ids = runs["ids"]
@@ -666,6 +670,7 @@ def test_comparison_run_is_recorded_and_linked(runs, tmp_path):
     assert sorted(again.run_ids) == sorted(ids.values()) and again.baseline_run_id == ids["base"]
 
 
+@requires_transformers5
 def test_selection_by_filter_and_last_n(runs, tmp_path):
     ids = runs["ids"]
     last_two = run_comparison(compare_config(runs["uri"], "select.last=2", "verdicts.enabled=false",
@@ -686,6 +691,7 @@ def test_selection_by_filter_and_last_n(runs, tmp_path):
     assert extra.summary.loc[ids["same"], "ratio:decode/ms_p90"] == pytest.approx(1.0)  # `same` is the baseline
 
 
+@requires_transformers5
 def test_operator_diff_from_logged_operators_csv(runs, tmp_path):
     # The profiled pass is not part of these runs; an operators.csv in its format is logged to two of them.
     client = mlflow.MlflowClient(runs["uri"])
@@ -709,6 +715,7 @@ def test_operator_diff_from_logged_operators_csv(runs, tmp_path):
 
 
 @pytest.mark.slow
+@requires_transformers5
 def test_mlflow_run_compare_entry_point(runs, tmp_path):
     ids = runs["ids"]
     experiment = "compare-entry-point"
@@ -732,6 +739,7 @@ def test_mlflow_run_compare_entry_point(runs, tmp_path):
     assert run.data.tags["compare.run_ids"] == f"{ids['base']},{ids['slow']}"
 
 
+@requires_transformers5
 def test_cli_reports_bad_selection_in_one_line(runs, tmp_path, capsys, monkeypatch):
     from llm_perf_opt.cli import main
 

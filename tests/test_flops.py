@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import FAST, compose_config
+from conftest import FAST, compose_config, requires_transformers5
 from llm_perf_opt.analysis.coverage import coverage_warning, flop_coverage
 from llm_perf_opt.assembly import RunParts, build_record
 from llm_perf_opt.data import load_pages
@@ -61,6 +61,7 @@ def test_linear_stack_counts_exactly_and_substages_only_in_prefill():
     assert counted.operator_flops["prefill"] == {"aten::mm": counted.prefill_flops}
 
 
+@requires_transformers5
 def test_counted_pass_sums_substages_nested_in_prefill(deepseek_global768):
     counted = count_stage_flops(deepseek_global768, decode_steps=2)
     assert set(counted.stage_flops) == {"vision_sam", "vision_encoder", "vision_projector"}
@@ -77,6 +78,7 @@ def test_counted_pass_sums_substages_nested_in_prefill(deepseek_global768):
     assert growth == 4 * text.num_hidden_layers * text.hidden_size
 
 
+@requires_transformers5
 def test_moe_experts_and_cpu_attention_are_counted(deepseek_global768):
     """transformers' grouped_mm experts and CPU SDPA have no formula in torch: ours must count them."""
     counted = count_stage_flops(deepseek_global768, decode_steps=1)
@@ -136,6 +138,7 @@ def test_grouped_mm_formula_counts_routed_rows():
     assert counter.get_total_flops() == 2 * rows * k_dim * n_dim
 
 
+@requires_transformers5
 def test_counting_rejects_bad_arguments(deepseek_global768):
     with pytest.raises(InputError):
         count_stage_flops(deepseek_global768, input_index=len(deepseek_global768.inputs))
@@ -190,6 +193,7 @@ def test_flop_coverage_falls_back_to_cpu_time():
         flop_coverage(frame.drop(columns=["self_cpu_ms"]), formula_operator_names())
 
 
+@requires_transformers5
 def test_efficiency_stage_costs_take_measured_flops_and_analytic_bytes(deepseek_global768, caplog):
     counted = count_stage_flops(deepseek_global768, decode_steps=2)
     analytic = analytic_costs_for_workload(deepseek_global768, 0, new_tokens=4)
@@ -202,6 +206,7 @@ def test_efficiency_stage_costs_take_measured_flops_and_analytic_bytes(deepseek_
     assert not [r for r in caplog.records if "analytic" in r.getMessage()]  # they agree: no warning
 
 
+@requires_transformers5
 def test_counted_pass_stage_costs_groups_e2e_and_metric_names(deepseek_global768):
     """run_counted_pass: per stage one execution's costs, the vision group as its children's sum, e2e as a
     whole sample; the run record names them <stage>/flops, decode/step_flops, <stage>/flops_measured_over_analytic."""

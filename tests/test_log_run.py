@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import FAST, compose_config
+from conftest import FAST, compose_config, requires_transformers5
 from llm_perf_opt import record
 from llm_perf_opt.passes import timed
 from llm_perf_opt.runners.log_run import log_runs
@@ -65,6 +65,7 @@ def _copy(run_dir: Path, into: Path) -> Path:
     return Path(shutil.copytree(run_dir, into / run_dir.parent.name))
 
 
+@requires_transformers5
 def test_a_run_directory_is_logged_with_everything_and_names_its_run(measured, workspace, capsys):
     run_dir, uri = _copy(measured, workspace), f"sqlite:///{workspace / 'mlflow.db'}"
     local = record.load(run_dir)
@@ -91,6 +92,7 @@ def test_a_run_directory_is_logged_with_everything_and_names_its_run(measured, w
     assert record.load(uploaded).run.mlflow_run_id == run["run_id"]
 
 
+@requires_transformers5
 def test_logging_again_finds_the_run_and_logs_nothing(measured, workspace, capsys):
     run_dir, uri = _copy(measured, workspace), f"sqlite:///{workspace / 'mlflow.db'}"
     assert log_runs([str(run_dir)], uri) == 0
@@ -101,6 +103,7 @@ def test_logging_again_finds_the_run_and_logs_nothing(measured, workspace, capsy
     assert [r["run_id"] for r in read_runs(uri, workspace)] == [first["run_id"]]
 
 
+@requires_transformers5
 def test_a_failed_run_is_logged_failed(measured_failed, workspace):
     run_dir, uri = _copy(measured_failed, workspace), f"sqlite:///{workspace / 'mlflow.db'}"
     assert log_runs([str(run_dir)], uri, experiment="failures") == 0
@@ -121,6 +124,7 @@ def test_a_directory_without_a_record_is_one_error_line_and_exit_2(workspace):
     assert len(lines) == 1 and lines[0].startswith(f"error: {empty / 'metrics.json'} does not exist")
 
 
+@requires_transformers5
 def test_an_incomplete_mirror_is_completed_not_duplicated(measured, workspace, monkeypatch, capsys):
     run_dir, uri = _copy(measured, workspace), f"sqlite:///{workspace / 'mlflow.db'}"
     local = record.load(run_dir)
@@ -139,6 +143,7 @@ def test_an_incomplete_mirror_is_completed_not_duplicated(measured, workspace, m
     assert run["metrics"] == pytest.approx(local.metrics) and RUN_FILES <= set(run["artifacts"])
 
 
+@requires_transformers5
 def test_an_unreachable_store_logs_nothing_and_fails(measured, workspace, capsys):
     run_dir = _copy(measured, workspace)
     assert log_runs([str(run_dir)], "http://127.0.0.1:9") == 1

@@ -13,7 +13,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from conftest import FAST, compose_config
+from conftest import FAST, compose_config, requires_transformers5
 from llm_perf_opt import record
 from llm_perf_opt.analysis.timeline import MAX_STEP_SPANS, representative, sample_spans, timelines
 from llm_perf_opt.config import compose
@@ -64,6 +64,7 @@ def native_run(tmp_path_factory):
     return uri, outcome, read_back(uri, outcome.mlflow_run_id)
 
 
+@requires_transformers5
 def test_one_trace_per_input_with_the_measured_stage_times(native_run):
     uri, outcome, seen = native_run
     samples = pd.read_csv(outcome.run_dir / "samples.csv")
@@ -93,6 +94,7 @@ def test_one_trace_per_input_with_the_measured_stage_times(native_run):
         assert sam and sum(sam) == pytest.approx(row["vision_sam_ms"], rel=0.01)
 
 
+@requires_transformers5
 def test_inputs_are_the_runs_dataset_input(native_run):
     _, outcome, seen = native_run
     described = record.load(outcome.run_dir).workload.dataset
@@ -113,6 +115,7 @@ def test_same_pages_same_digest_other_pages_another(tmp_path):
     assert described("dataset.num_pages=2")["digest"] != described("dataset.num_pages=2", "seed=1")["digest"]
 
 
+@requires_transformers5
 def test_one_section_per_stage_and_no_duplicated_keys(native_run):
     _, outcome, seen = native_run
     ours = [m for m in seen["metrics"] if not m.startswith("system/")]
@@ -132,6 +135,7 @@ def test_one_section_per_stage_and_no_duplicated_keys(native_run):
     assert any(m.startswith("system/") for m in seen["metrics"])
 
 
+@requires_transformers5
 def test_log_run_gives_an_offline_run_the_same_traces_and_dataset(native_run, tmp_path):
     _, outcome, _ = native_run
     uri = f"sqlite:///{tmp_path / 'other.db'}"
@@ -172,6 +176,7 @@ def test_timeline_layout_from_measured_marks():
     assert timelines([_sample(0, 10.0)], tree, "perf_counter")["samples"][0]["repeat"] == 0
 
 
+@requires_transformers5
 def test_a_dataset_created_concurrently_is_reused_not_an_error(native_run, monkeypatch):
     """A parallel job created the same dataset between our check and insert: the next attempt reuses it."""
     import mlflow

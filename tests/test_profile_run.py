@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import FAST, compose_config
+from conftest import FAST, compose_config, requires_transformers5
 from llm_perf_opt import record, schema
 from llm_perf_opt.errors import InputError
 from llm_perf_opt.passes import timed
@@ -38,6 +38,7 @@ def default_run(tmp_path_factory):
     return outcome, uri
 
 
+@requires_transformers5
 def test_run_directory_is_complete(default_run):
     outcome, _ = default_run
     assert outcome.status == "FINISHED" and outcome.error is None
@@ -48,6 +49,7 @@ def test_run_directory_is_complete(default_run):
     assert env["dtype"] == "fp32" and env["attn_implementation"] == "sdpa"
 
 
+@requires_transformers5
 def test_summary_statistics_equal_those_recomputed_from_samples_csv(default_run):
     outcome, _ = default_run
     samples = pd.read_csv(outcome.run_dir / "samples.csv")
@@ -78,6 +80,7 @@ def test_summary_statistics_equal_those_recomputed_from_samples_csv(default_run)
         (samples["new_tokens"] - 1).sum() / samples["decode_ms"].sum() * 1e3)
 
 
+@requires_transformers5
 def test_stages_nest_as_the_record_says_and_groups_sum_their_children(default_run):
     outcome, _ = default_run
     run = record.load(outcome.run_dir)
@@ -98,6 +101,7 @@ def test_stages_nest_as_the_record_says_and_groups_sum_their_children(default_ru
     assert vision.flops < prefill.flops
 
 
+@requires_transformers5
 def test_every_metric_key_and_column_is_the_schemas(default_run):
     outcome, _ = default_run
     run = record.load(outcome.run_dir)
@@ -111,6 +115,7 @@ def test_every_metric_key_and_column_is_the_schemas(default_run):
             assert any(column.startswith(key + "_") for key in stages), column
 
 
+@requires_transformers5
 def test_mlflow_run_mirrors_the_run_directory(default_run):
     outcome, uri = default_run
     client, run = _mlflow_run(uri, outcome.mlflow_run_id)
@@ -141,6 +146,7 @@ def test_mlflow_run_mirrors_the_run_directory(default_run):
     assert outcome.mlflow_run_id in set(found["run_id"])
 
 
+@requires_transformers5
 def test_failure_mid_run_keeps_samples_and_ends_failed(tmp_path, tracking_uri, monkeypatch):
     real = timed.time_one_sample
     calls = {"n": 0}
@@ -166,6 +172,7 @@ def test_failure_mid_run_keeps_samples_and_ends_failed(tmp_path, tracking_uri, m
     assert {"error.txt", "samples.csv", "metrics.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+@requires_transformers5
 def test_tracking_failure_loses_nothing(tmp_path):
     outcome = _run(tmp_path, "sqlite:////proc/no-such-dir/mlflow.db")
     assert outcome.status == "FINISHED"
@@ -175,6 +182,7 @@ def test_tracking_failure_loses_nothing(tmp_path):
     assert record.load(outcome.run_dir).metrics["prefill/ms_p50"] > 0
 
 
+@requires_transformers5
 def test_hf_causal_lm_workload_has_no_vision_stages(tmp_path, tracking_uri):
     outcome = _run(tmp_path, tracking_uri, "model=hf_causal_lm", "model.prompt_tokens=24")
     assert outcome.status == "FINISHED"
@@ -210,6 +218,7 @@ def test_a_users_factory_taking_only_device_and_dtype_needs_no_other_override(tm
     assert run.stage("prefill").stats["ms"].count == 2
 
 
+@requires_transformers5
 def test_omnidocbench_pages_run_tiled(tmp_path, tracking_uri, demo_root):
     outcome = _run(tmp_path, tracking_uri, "dataset=omnidocbench", f"dataset.root={demo_root}", "dataset.limit=2",
                    "model.image_mode=tiled", "profiling.repeats=1")
@@ -227,6 +236,7 @@ def test_omnidocbench_pages_run_tiled(tmp_path, tracking_uri, demo_root):
         (["model.stage_map.vision.sam=model.no_such_module"], "names no submodule"),
     ],
 )
+@requires_transformers5
 def test_bad_input_is_one_clear_error(tmp_path, tracking_uri, overrides, message):
     with pytest.raises(InputError, match=message.replace("/", ".")) as caught:
         _run(tmp_path, tracking_uri, *overrides)

@@ -21,6 +21,7 @@ import pytest
 import torch
 from torch.profiler import profile
 
+from conftest import requires_transformers5
 from llm_perf_opt.analysis.operators import (
     OPERATOR_COLUMNS,
     attribute_trace,
@@ -215,6 +216,7 @@ def _info(inputs: int, decode_steps: int, device_type: str = "cpu") -> ProfiledP
                             time_basis="device_span" if device_type == "cuda" else "cpu_range", event_count=0)
 
 
+@requires_transformers5
 def test_trace_artifact_is_gzipped_chrome_trace_with_stage_ranges(profiled, trace_events, workload):
     assert profiled.trace_path.name == "trace.json.gz"
     # The pass writes the trace and nothing else (tables go to the run directory's sink; no temp file left).
@@ -238,6 +240,7 @@ def _brute_force_stage(ts: float, ranges: list[tuple[float, float, str, float]])
     return min(inside)[1] if inside else "other"
 
 
+@requires_transformers5
 def test_every_operator_is_charged_to_its_innermost_stage(profiled, trace_events):
     ops = profiled.operators
     assert ops["stage"].notna().all() and (ops["stage"] != "").all()
@@ -252,6 +255,7 @@ def test_every_operator_is_charged_to_its_innermost_stage(profiled, trace_events
     assert {"prefill", "vision_sam", "vision_encoder", "vision_projector", "decode"} <= set(ops["stage"])
 
 
+@requires_transformers5
 def test_stage_time_is_accounted_for_by_operators_substages_and_gaps(profiled, trace_events, workload):
     """cpu_ms of a stage = its operators' self time + other events' self time + sub-stages + host gap.
 
@@ -271,6 +275,7 @@ def test_stage_time_is_accounted_for_by_operators_substages_and_gaps(profiled, t
     assert stages.loc["prefill", "substage_cpu_ms"] == pytest.approx(stages.loc[vision, "cpu_ms"].sum())
 
 
+@requires_transformers5
 def test_record_profiled_stages_per_input_and_per_decode_step(profiled, workload):
     """The run record's profiled view of the real pass: per execution, groups summed, nothing on a device."""
     stages = profiled.stage_times.set_index("stage")
@@ -375,6 +380,7 @@ NOT_OPERATORS = {"user_annotation", "gpu_user_annotation", "cuda_runtime", "cuda
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
     pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])])
+@requires_transformers5
 def test_operator_table_matches_key_averages_of_the_same_profile(device, workload, tmp_path, monkeypatch):
     """Summed over stages, each operator's calls, self CPU time and self CPU memory equal key_averages()'s.
 
@@ -436,6 +442,7 @@ def test_operator_table_matches_key_averages_of_the_same_profile(device, workloa
     assert table["calls"].sum() == sum(e.count for e in reference.values()) + sum(merged[n] for n in reference)
 
 
+@requires_transformers5
 def test_bad_settings_are_input_errors(workload, tmp_path):
     with pytest.raises(InputError, match="inputs=0"):
         run_profiled_pass(workload, _settings(inputs=0, decode_steps=1), tmp_path)

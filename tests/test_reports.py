@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import requires_transformers5
 from llm_perf_opt.record import OperatorRecord, load
 from llm_perf_opt.reports import derive_recommendations, derive_takeaways, write_reports
 from llm_perf_opt.reports.stage_breakdown import plot_stage_breakdown, timed_stages
@@ -361,6 +362,7 @@ def test_missing_numbers_give_no_takeaway():
 # --- the real pipeline -------------------------------------------------------------------------------------
 
 
+@requires_transformers5
 def test_reports_written_by_run_profile_cite_every_stage(tmp_path, tracking_uri):
     from conftest import FAST, compose_config
     from llm_perf_opt.runners.profile import run_profile

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import CONF_DIR, REPO_ROOT
+from conftest import CONF_DIR, REPO_ROOT, requires_transformers5
 from llm_perf_opt import record
 from llm_perf_opt.compare import run_comparison
 from llm_perf_opt.config import compose
@@ -213,6 +213,7 @@ def _in_experiment(run: dict, experiment: str, runs: list[dict]) -> bool:
 
 
 @pytest.mark.slow
+@requires_transformers5
 def test_a_sweep_through_mlflow_run_makes_the_launchers_run_the_parent(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from conftest import FAST, compose_config
+from conftest import FAST, compose_config, requires_transformers5
 from llm_perf_opt.data import load_pages
 from llm_perf_opt.models import build_workload
 from llm_perf_opt.models.generation import CallConvention, decode_n_tokens, prefill
@@ -45,6 +45,7 @@ def test_cpu_clock_measures_elapsed_time():
     assert 19.0 <= clock.elapsed_ms(start, end) < 200.0
 
 
+@requires_transformers5
 def test_vision_substages_nest_within_prefill_and_stages_add_up_to_e2e(deepseek_tiny):
     records = list(iter_timed_samples(deepseek_tiny, _settings(new_tokens=5, warmup=1, repeats=3)))
     assert len(records) == 3 * len(deepseek_tiny.inputs)
@@ -73,6 +74,7 @@ def test_vision_substages_nest_within_prefill_and_stages_add_up_to_e2e(deepseek_
     assert (steps["decode_step_ms"] > 0).all()
 
 
+@requires_transformers5
 def test_loop_generates_what_generate_generates():
     """Greedy tokens from prefill/decode_n_tokens equal model.generate() on the same model and prompt."""
     workload = _workload("model=hf_causal_lm", "model.prompt_tokens=16")
@@ -85,6 +87,7 @@ def test_loop_generates_what_generate_generates():
     assert torch.equal(ours, reference[:, prepared.prompt_tokens:])
 
 
+@requires_transformers5
 def test_deepseek_prompt_layout_and_cache_convention(deepseek_tiny):
     prepared = deepseek_tiny.inputs[0]
     ids = prepared.model_inputs["input_ids"][0]
@@ -97,6 +100,7 @@ def test_deepseek_prompt_layout_and_cache_convention(deepseek_tiny):
     assert deepseek_tiny.convention.cache_kwarg in ("cache", "past_key_values")
 
 
+@requires_transformers5
 def test_tiled_mode_counts_tiles_into_image_tokens():
     workload = _workload("model.image_mode=tiled")
     prepared = workload.inputs[0]
@@ -108,6 +112,7 @@ def test_tiled_mode_counts_tiles_into_image_tokens():
     assert token.shape == (1, 1)
 
 
+@requires_transformers5
 def test_uniform_routing_is_applied_and_balanced(deepseek_tiny):
     routers = find_routers(deepseek_tiny.model)
     assert deepseek_tiny.info["moe_routing"] == "uniform"
@@ -123,11 +128,13 @@ def test_uniform_routing_is_applied_and_balanced(deepseek_tiny):
     assert (load / load.mean() - 1).abs().max() < 0.1
 
 
+@requires_transformers5
 def test_model_routing_keeps_the_router():
     workload = _workload("model.moe_routing=model")
     assert workload.info["moe_routing"] == "model" and workload.info["moe_routers_switched"] == 0
 
 
+@requires_transformers5
 def test_decode_experts_switch_mirrors_generate_and_restores(deepseek_tiny):
     from llm_perf_opt.models.generation import decode_experts_plan, decode_phase
 
@@ -143,6 +150,7 @@ def test_decode_experts_switch_mirrors_generate_and_restores(deepseek_tiny):
     assert model.get_experts_implementation() == before
 
 
+@requires_transformers5
 def test_timed_pass_decodes_with_the_planned_experts_and_restores():
     workload = _workload("model.decode_experts_implementation=batched_mm", "model.experts_implementation=grouped_mm")
     assert workload.info["decode_experts_implementation"] == "batched_mm"
@@ -154,6 +162,7 @@ def test_timed_pass_decodes_with_the_planned_experts_and_restores():
     assert workload.model.get_experts_implementation()["text_config"] == "grouped_mm"
 
 
+@requires_transformers5
 def test_warmup_covers_every_input(monkeypatch):
     from llm_perf_opt.passes import timed as timed_pass
 
@@ -167,6 +176,7 @@ def test_warmup_covers_every_input(monkeypatch):
     assert seen == ids + ids and [r.row["input_id"] for r in records] == ids
 
 
+@requires_transformers5
 def test_a_run_stopped_before_its_first_sample_still_names_the_columns(deepseek_tiny):
     # samples.csv of a run killed during warmup: no rows, the same header a measured run has.
     measured = TimedResult.from_samples(list(iter_timed_samples(deepseek_tiny, _settings(3, 0, 1))), deepseek_tiny)

@@ -95,6 +95,23 @@ class AttnImplementation(StrEnum):
     flex_attention = "flex_attention"
 
 
+class RemoteImageMode(StrEnum):
+    """DeepSeek-OCR v1's infer() modes (the model card's names in comments)."""
+
+    crop = "crop"              # Gundam: 1024 global view + 2..9 640-px tiles
+    global512 = "global512"    # Tiny
+    global640 = "global640"    # Small
+    global1024 = "global1024"  # Base
+    global1280 = "global1280"  # Large
+
+
+class RemoteAttnImplementation(StrEnum):
+    """What DeepSeek-OCR v1's remote code (modeling_deepseekv2.ATTENTION_CLASSES) implements: no sdpa."""
+
+    eager = "eager"
+    flash_attention_2 = "flash_attention_2"  # needs the flash-attn package (CUDA)
+
+
 class ExpertsImplementation(StrEnum):
     eager = "eager"
     grouped_mm = "grouped_mm"
@@ -121,7 +138,7 @@ class BootstrapMethod(StrEnum):
     basic = "basic"
 
 
-FAMILIES = ("deepseek_ocr2", "hf_causal_lm", "custom")
+FAMILIES = ("deepseek_ocr2", "deepseek_ocr", "hf_causal_lm", "custom")
 # model.cache and model.compile (models/decoding.py). Plain strings checked by `validate`, not Enums: OmegaConf
 # matches Enum members by name, and torch spells its mode "reduce-overhead".
 KV_CACHES = ("dynamic", "static")
@@ -158,6 +175,27 @@ class DeepseekOcr2Config(TransformersModelConfig):
         "sam": "model.vision_tower.sam_encoder",
         "encoder": "model.vision_tower.vision_encoder",
         "projector": "model.multi_modal_projector",
+    }})
+
+
+@dataclass
+class DeepseekOcrConfig:
+    """model=deepseek_ocr: DeepSeek-OCR v1 through the remote code in `path` (models/deepseek_ocr.py)."""
+
+    family: str = "deepseek_ocr"
+    preset: str = "tiny"
+    path: str | None = None
+    trust_remote_code: bool = False
+    dtype: DType = DType.auto
+    attn_implementation: RemoteAttnImplementation = RemoteAttnImplementation.eager
+    moe_routing: MoeRouting = MoeRouting.auto
+    image_mode: RemoteImageMode = RemoteImageMode.crop
+    prompt_text_tokens: int = 12
+    architecture_overrides: dict[str, Any] = field(default_factory=dict)
+    stage_map: dict[str, Any] = field(default_factory=lambda: {"vision": {
+        "sam": "model.sam_model",
+        "clip": "model.vision_model",
+        "projector": "model.projector",
     }})
 
 
@@ -347,6 +385,7 @@ SCHEMAS: tuple[tuple[str | None, str, type], ...] = (
     (None, "base_config", ProfileConfig),
     (None, "base_compare", CompareConfig),
     ("model", "base_deepseek_ocr2", DeepseekOcr2Config),
+    ("model", "base_deepseek_ocr", DeepseekOcrConfig),
     ("model", "base_hf_causal_lm", HfCausalLMConfig),
     ("model", "base_custom", CustomModelConfig),
     ("dataset", "base_synthetic", SyntheticDatasetConfig),
@@ -436,6 +475,18 @@ def validate(cfg: DictConfig) -> None:
         _validate_compare(cfg)
 
 
+def require_trust_remote_code(model: Any) -> None:
+    """A family that runs code shipped with the model (deepseek_ocr) needs model.trust_remote_code=true, given
+    explicitly: one InputError line otherwise (before anything is built or recorded)."""
+    if not model.get("path"):
+        _fail("model.path", None, f"is not set (model={model.get('family')} loads its code and config from a "
+              "local model directory)", "add model.path=/path/to/DeepSeek-OCR")
+    if model.get("trust_remote_code") is not True:
+        _fail("model.trust_remote_code", "false",
+              f"refuses to run the Python files in {model.get('path')} (DeepSeek-OCR v1 is code that runs when it "
+              "loads)", "read them, then add model.trust_remote_code=true")
+
+
 def _validate_profile(cfg: DictConfig) -> None:
     if "device" in cfg:
         device = cfg.device
@@ -455,6 +506,8 @@ def _validate_profile(cfg: DictConfig) -> None:
                 _at_least(cfg, f"model.{key}", 1 if key == "prompt_tokens" else 0, "prompt length in tokens")
         if "cache" in model:
             _validate_decoding(model)
+        if family == "deepseek_ocr":
+            require_trust_remote_code(model)
         if family == "custom":
             factory = model.get("factory")
             if not isinstance(factory, DictConfig) or not factory.get("_target_"):

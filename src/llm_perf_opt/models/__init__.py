@@ -7,13 +7,13 @@ from typing import Any
 import torch
 
 from llm_perf_opt.data.pages import Page
-from llm_perf_opt.models import custom, deepseek_ocr2, hf_causal_lm
+from llm_perf_opt.models import custom, deepseek_ocr, deepseek_ocr2, hf_causal_lm
 from llm_perf_opt.models.batching import batch_workload
 from llm_perf_opt.models.decoding import Decoding
 from llm_perf_opt.models.workload import Workload
 
-BUILDERS = {"deepseek_ocr2": deepseek_ocr2.build_workload, "hf_causal_lm": hf_causal_lm.build_workload,
-            "custom": custom.build_workload}
+BUILDERS = {"deepseek_ocr2": deepseek_ocr2.build_workload, "deepseek_ocr": deepseek_ocr.build_workload,
+            "hf_causal_lm": hf_causal_lm.build_workload, "custom": custom.build_workload}
 
 
 def build_workload(model_cfg: Any, pages: list[Page], device: torch.device, seed: int = 0,

@@ -106,7 +106,25 @@ def image_token_count(mode: ImageMode, num_tiles: int) -> int:
     return _queries(mode.global_size) + num_tiles * _queries(mode.tile_size) + 1
 
 
+MIN_TRANSFORMERS = "5.17"
+
+
+def require_native_classes() -> None:
+    """transformers' native DeepSeek-OCR-2 classes arrived in 5.17: one line saying so on an older release."""
+    import transformers
+
+    try:
+        from transformers import DeepseekOcr2Config  # noqa: F401
+    except ImportError:
+        raise InputError(
+            f"model=deepseek_ocr2 needs transformers >= {MIN_TRANSFORMERS} (its native DeepSeek-OCR-2 classes); this "
+            f"environment has {transformers.__version__} (the DeepSeek-OCR v1 environment?): "
+            f"pip install 'transformers>={MIN_TRANSFORMERS},<6', or use model=deepseek_ocr here"
+        ) from None
+
+
 def build_config(preset: str, overrides: dict[str, Any] | None = None):
+    require_native_classes()
     from transformers import DeepseekOcr2Config
 
     if preset not in PRESETS:
@@ -234,6 +252,7 @@ def _prepare_with_processor(processor, pages: list[Page], device, dtype) -> list
 
 def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int = 0) -> Workload:
     """Build the DeepSeek-OCR-2 workload described by the `model` config group."""
+    require_native_classes()
     mode = IMAGE_MODES[str(cfg.image_mode)]  # the config's ImageMode enum admits only these keys
     dtype = resolve_dtype(cfg.dtype, device)
     model, weights = _load_model(cfg, device, dtype)

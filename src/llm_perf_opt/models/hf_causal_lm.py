@@ -55,7 +55,18 @@ def build_config(preset: str, overrides: dict[str, Any] | None = None):
     return AutoConfig.for_model(spec.pop("model_type"), **spec)
 
 
+def require_transformers5() -> None:
+    """The loading arguments below (dtype=, experts_implementation=) are transformers 5's: one line on 4.x."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise InputError(f"model=hf_causal_lm needs transformers >= 5 (it loads models with 5.x's arguments); this "
+                         f"environment has {transformers.__version__} (the DeepSeek-OCR v1 environment?): use the "
+                         "main environment (README)")
+
+
 def build_workload(cfg: Any, pages: list[Page], device: torch.device, seed: int = 0) -> Workload:
+    require_transformers5()
     from transformers import AutoModelForCausalLM
 
     dtype = resolve_dtype(cfg.dtype, device)

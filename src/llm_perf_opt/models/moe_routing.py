@@ -4,6 +4,10 @@ A router with random weights sends tokens to experts in a pattern no trained mod
 experts take most tokens), which distorts MoE time and bytes. `uniform` routing keeps the router's own
 logits GEMM (so its cost stays in the profile) but picks each token's top-k experts uniformly at random,
 without repeats, with equal weights. The choice is recorded with every run (`moe_routing`).
+
+Two router shapes are known: transformers' DeepSeek-style `...TopkRouter` (forward -> logits, weights,
+indices) and the `MoEGate` of DeepSeek-V2's remote code (DeepSeek-OCR v1; forward -> indices, weights,
+aux loss). Each keeps its own return shape under uniform routing.
 """
 
 from __future__ import annotations
@@ -26,6 +30,17 @@ def _is_topk_router(module: nn.Module) -> bool:
     )
 
 
+def _is_moe_gate(module: nn.Module) -> bool:
+    # DeepSeek-V2 remote code (modeling_deepseekv2.MoEGate): weight (n_routed_experts, hidden), top_k,
+    # forward -> (topk_idx, topk_weight, aux_loss), weights used as given by DeepseekV2MoE.moe_infer.
+    return (
+        type(module).__name__ == "MoEGate"
+        and hasattr(module, "top_k")
+        and hasattr(module, "n_routed_experts")
+        and isinstance(getattr(module, "weight", None), torch.Tensor)
+    )
+
+
 def _uniform_forward(self: nn.Module, hidden_states: torch.Tensor):
     hidden_states = hidden_states.view(-1, self.weight.shape[-1])
     router_logits = F.linear(hidden_states.type(torch.float32), self.weight.type(torch.float32))
@@ -39,8 +54,14 @@ def _uniform_forward(self: nn.Module, hidden_states: torch.Tensor):
     return router_logits, topk_weights, topk_indices
 
 
+def _uniform_gate_forward(self: nn.Module, hidden_states: torch.Tensor):
+    """The same choice (router GEMM kept) in MoEGate's return shape: (indices, weights, no aux loss)."""
+    _, topk_weights, topk_indices = _uniform_forward(self, hidden_states)
+    return topk_indices, topk_weights, None
+
+
 def find_routers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if _is_topk_router(m)]
+    return [m for m in model.modules() if _is_topk_router(m) or _is_moe_gate(m)]
 
 
 def apply_uniform_routing(model: nn.Module, seed: int = 0) -> int:
@@ -49,7 +70,8 @@ def apply_uniform_routing(model: nn.Module, seed: int = 0) -> int:
     for index, router in enumerate(routers):
         device = router.weight.device
         router._uniform_generator = torch.Generator(device=device).manual_seed(seed + index)
-        router.forward = types.MethodType(_uniform_forward, router)
+        forward = _uniform_gate_forward if _is_moe_gate(router) else _uniform_forward
+        router.forward = types.MethodType(forward, router)
     return len(routers)
 
 

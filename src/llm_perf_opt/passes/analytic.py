@@ -12,7 +12,8 @@ Conventions (the same as the counted pass in `flops.py`, so that the two agree):
   prefill, P*P + Q*P + Q*(Q+1)/2 for the DeepSeek-OCR-2 vision encoder (bidirectional over the P
   patches, causal over the Q learned queries). A causal flash kernel does about this much work.
 - Logits: prefill computes the last position only (the generation loop passes logits_to_keep=1);
-  each decode step one position. The LinearStack (no `logits_to_keep`) computes every position.
+  each decode step one position. The LinearStack and DeepSeek-OCR v1's remote code (no `logits_to_keep`)
+  compute every prompt position.
 - MoE: the router GEMM for every token, k routed experts per token, the shared experts for every
   token. The FLOPs do not depend on which experts are picked.
 
@@ -283,7 +284,10 @@ def decoder_spec(config) -> DecoderSpec:
         if getattr(config, "mlp_layer_types", None):
             kinds = [str(kind) for kind in config.mlp_layer_types]
         elif getattr(config, "first_k_dense_replace", None) is not None:
-            kinds = ["dense" if i < config.first_k_dense_replace else "sparse" for i in range(layers)]
+            # DeepSeek-V2 (remote code): MoE from layer first_k_dense_replace on, every moe_layer_freq-th layer.
+            freq = getattr(config, "moe_layer_freq", None) or 1
+            kinds = ["sparse" if i >= config.first_k_dense_replace and i % freq == 0 else "dense"
+                     for i in range(layers)]
         elif getattr(config, "decoder_sparse_step", None) is not None:
             only_mlp = set(getattr(config, "mlp_only_layers", None) or [])
             step = config.decoder_sparse_step
@@ -441,6 +445,170 @@ def deepseek_ocr2_costs(config, *, prompt_tokens: int, new_tokens: int, dtype_by
     return stages
 
 
+# --- DeepSeek-OCR (v1, remote code) -----------------------------------------------------------------
+
+V1_VISION_STAGES = ("vision_sam", "vision_clip", "vision_projector")
+V1_MODEL_CLASS = "DeepseekOCRForCausalLM"
+
+
+@dataclass(frozen=True)
+class SamSpec:
+    """SAM ViT image encoder dimensions, under the attribute names sam_cost/sam_parameters read."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    mlp_dim: int
+    global_attn_indexes: tuple[int, ...]
+    window_size: int
+    output_channels: int
+    downsample_channels: tuple[int, int]
+    patch_size: int = 16
+    image_size: int = 1024
+    num_channels: int = 3
+    use_abs_pos: bool = True
+    use_rel_pos: bool = True
+    qkv_bias: bool = True
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """CLIP-L as DeepSeek-OCR v1 runs it: its transformer over SAM's features (its own patch conv unused)."""
+
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+    patch_size: int
+    positions: int  # position-embedding rows (pretraining grid^2 + the class token)
+    channels: int = 3
+
+    def parameters(self) -> int:
+        h, f = self.hidden, self.ffn
+        embeddings = h + self.channels * h * self.patch_size**2 + self.positions * h  # class, patch conv, positions
+        layer = 4 * h + (3 * h * h + 3 * h) + (h * h + h) + (h * f + f) + (f * h + h)  # 2 LN, qkv, out, fc1, fc2
+        return embeddings + 2 * h + self.layers * layer  # + pre_layrnorm
+
+    def parameters_read(self) -> int:
+        """What a forward reads: everything but the patch conv (the SAM features replace it)."""
+        return self.parameters() - self.channels * self.hidden * self.patch_size**2
+
+
+@dataclass(frozen=True)
+class V1Vision:
+    sam: SamSpec
+    clip: ClipSpec
+    projector_in: int
+    projector_out: int
+
+
+# deepencoder.py's constants (build_sam_vit_b, vit_model_cfg, MlpProjector(input_dim=2048, n_embed=1280)): the
+# released code takes none of them from config.json. v1_vision(model) reads the same from a built model.
+RELEASED_V1_VISION = V1Vision(
+    sam=SamSpec(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_dim=3072,
+                global_attn_indexes=(2, 5, 8, 11), window_size=14, output_channels=256,
+                downsample_channels=(512, 1024)),
+    clip=ClipSpec(hidden=1024, layers=24, heads=16, ffn=4096, patch_size=14, positions=257),
+    projector_in=2048, projector_out=1280,
+)
+
+
+def is_deepseek_ocr_v1(config) -> bool:
+    return V1_MODEL_CLASS in (getattr(config, "architectures", None) or [])
+
+
+def v1_vision(model: nn.Module | None) -> V1Vision:
+    """The vision tower's dimensions, read from a built DeepseekOCRForCausalLM (else the released constants)."""
+    if model is None:
+        return RELEASED_V1_VISION
+    inner = getattr(model, "model", None)
+    sam, clip, projector = (getattr(inner, name, None) for name in ("sam_model", "vision_model", "projector"))
+    if sam is None or clip is None or not isinstance(getattr(projector, "layers", None), nn.Linear):
+        raise UnsupportedArchitecture(f"{type(model).__name__}: no sam_model / vision_model / linear projector")
+    blocks = list(sam.blocks)
+    conv = sam.patch_embed.proj
+    sam_spec = SamSpec(
+        hidden_size=conv.out_channels, num_hidden_layers=len(blocks), num_attention_heads=blocks[0].attn.num_heads,
+        mlp_dim=blocks[0].mlp.lin1.out_features,
+        global_attn_indexes=tuple(i for i, block in enumerate(blocks) if block.window_size == 0),
+        window_size=next((block.window_size for block in blocks if block.window_size), 0),
+        output_channels=sam.neck[0].out_channels,
+        downsample_channels=(sam.net_2.out_channels, sam.net_3.out_channels),
+        patch_size=conv.kernel_size[0], image_size=sam.img_size, num_channels=conv.in_channels,
+        use_abs_pos=sam.pos_embed is not None, use_rel_pos=blocks[0].attn.use_rel_pos,
+        qkv_bias=blocks[0].attn.qkv.bias is not None,
+    )
+    embeddings, layers = clip.embeddings, list(clip.transformer.layers)
+    clip_spec = ClipSpec(hidden=embeddings.embed_dim, layers=len(layers), heads=layers[0].self_attn.num_heads,
+                         ffn=layers[0].mlp.fc1.out_features, patch_size=embeddings.patch_size,
+                         positions=embeddings.position_embedding.num_embeddings,
+                         channels=embeddings.patch_embedding.in_channels)
+    return V1Vision(sam_spec, clip_spec, projector.layers.in_features, projector.layers.out_features)
+
+
+def deepseek_ocr_parameters(config, model: nn.Module | None = None) -> int:
+    """Parameter count of DeepseekOCRForCausalLM: SAM + CLIP-L + projector + image_newline and view_seperator +
+    the decoder (checks the byte model's weight sizes)."""
+    vision = v1_vision(model)
+    total = sam_parameters(vision.sam) + vision.clip.parameters()
+    total += vision.projector_in * vision.projector_out + vision.projector_out
+    total += 2 * config.hidden_size
+    return total + decoder_spec(config).parameters()
+
+
+def clip_cost(clip: ClipSpec, tokens: int, views: int, dtype_bytes: int) -> StageCost:
+    """CLIP-L's transformer over `tokens` (SAM patches + the class token) per view: qkv, out, fc1, fc2, SDPA."""
+    h, f = clip.hidden, clip.ffn
+    per_layer = 2 * tokens * h * 3 * h + 2 * tokens * h * h + 4 * tokens * h * f + 4 * tokens * tokens * h
+    return StageCost(views * clip.layers * per_layer, bytes_read=clip.parameters_read() * dtype_bytes)
+
+
+def v1_vision_costs(vision: V1Vision, views: VisionViews, dtype_bytes: int, batch: int = 1) -> dict[str, StageCost]:
+    """SAM -> CLIP-L -> projector per page: the tiles in one call of each module, the global view in another
+    (the forward loops over the pages of a batch: weights are read once per call, calls = pages x views sets)."""
+    stages = {name: ZERO for name in V1_VISION_STAGES}
+    for px, count in ((views.tile_px, views.tiles), (views.global_px, 1)):
+        if count == 0:
+            continue
+        patches = sam_grid(vision.sam, px)[2] ** 2
+        for _ in range(batch):
+            stages["vision_sam"] += sam_cost(vision.sam, px, count, dtype_bytes)
+            stages["vision_clip"] += clip_cost(vision.clip, patches + 1, count, dtype_bytes)
+            stages["vision_projector"] += StageCost(
+                2 * count * patches * vision.projector_in * vision.projector_out,
+                bytes_read=(vision.projector_in * vision.projector_out + vision.projector_out) * dtype_bytes)
+    return stages
+
+
+def deepseek_ocr_costs(config, *, prompt_tokens: int, new_tokens: int, dtype_bytes: int,
+                       views: VisionViews | None, attention: str = "dense", router_bytes: int | None = None,
+                       batch: int = 1, model: nn.Module | None = None) -> dict[str, StageCost]:
+    """DeepSeek-OCR v1: prefill = vision sub-stages (nested in it) + the MoE decoder over the whole prompt + the
+    lm_head over every prompt position (the remote forward has no logits_to_keep); decode steps as any decoder."""
+    _check_attention(attention)
+    spec = _with_router_bytes(decoder_spec(config), router_bytes)
+
+    def rope(tokens: int) -> StageCost:
+        # transformers 4.46's LlamaAttention (the remote decoder's "mha_eager") computes its RoPE angles in every
+        # layer: inv_freq (head_dim/2) x positions, one matmul over the (unbatched) position ids.
+        return StageCost(float(spec.layers * spec.head_dim * tokens))
+
+    text_prefill = decoder_pass_cost(spec, prompt_tokens, 0, prompt_tokens, dtype_bytes, attention, batch)
+    text_prefill += rope(prompt_tokens)
+    stages: dict[str, StageCost] = {}
+    if views is not None:
+        stages.update(v1_vision_costs(v1_vision(model), views, dtype_bytes, batch))
+        # Outside the sub-stages: image_newline and view_seperator, read once per page.
+        glue = StageCost(0.0, bytes_read=batch * 2 * config.hidden_size * dtype_bytes)
+        stages["prefill"] = _sum(stages[name] for name in V1_VISION_STAGES) + glue + text_prefill
+    else:
+        stages["prefill"] = text_prefill
+    steps = [decoder_pass_cost(spec, 1, prompt_tokens + i, 1, dtype_bytes, attention, batch) + rope(1)
+             for i in range(new_tokens - 1)]
+    stages.update(_decode_stages(steps))
+    return stages
+
+
 # --- LinearStack ----------------------------------------------------------------------------------
 
 
@@ -486,7 +654,8 @@ def analytic_costs(
 
     `new_tokens` follows the timed pass: prefill yields the first token, then new_tokens - 1 decode
     steps; step i (1-based) attends to prompt_tokens + i positions. Keys: "prefill", the sub-stages
-    ("vision_sam", "vision_encoder", "vision_projector" for DeepSeek-OCR-2 with `views`; "body_layers",
+    ("vision_sam", "vision_encoder", "vision_projector" for DeepSeek-OCR-2 with `views`; "vision_sam",
+    "vision_clip", "vision_projector" for DeepSeek-OCR v1 with `views`; "body_layers",
     "body_lm_head" for the LinearStack), and with at least one decode step "decode_step_1".. ,
     "decode_step_mean" and "decode" (all steps). `batch`: equal-shape prompts per forward (every cost is
     that of the whole batch). Raises UnsupportedArchitecture for other models.
@@ -505,6 +674,10 @@ def analytic_costs(
         config = getattr(model, "config", None)
         if config is None:
             raise UnsupportedArchitecture(f"{type(model).__name__} has no transformers config to derive costs from")
+    if is_deepseek_ocr_v1(config):
+        return deepseek_ocr_costs(config, prompt_tokens=prompt_tokens, new_tokens=new_tokens, dtype_bytes=dtype_bytes,
+                                  views=views, attention=attention, router_bytes=router_bytes, batch=batch,
+                                  model=model if isinstance(model, nn.Module) else None)
     if getattr(config, "model_type", None) == "deepseek_ocr2":
         return deepseek_ocr2_costs(config, prompt_tokens=prompt_tokens, new_tokens=new_tokens, dtype_bytes=dtype_bytes,
                                    views=views, attention=attention, router_bytes=router_bytes, batch=batch)
@@ -517,7 +690,10 @@ def analytic_costs(
 
 def views_of(model_inputs: dict[str, Any], batch: int = 1) -> VisionViews | None:
     """The image views of one page of prepared DeepSeek-OCR-2 inputs of `batch` equal-shape pages:
-    pixel_values (B,3,S,S), pixel_values_local (B*n,3,s,s)."""
+    pixel_values (B,3,S,S), pixel_values_local (B*n,3,s,s); or of DeepSeek-OCR v1 inputs: images, a list of
+    B (tiles [n,3,s,s], global [1,3,S,S]) pairs, and images_spatial_crop [[w, h]] * B (tiles when w or h > 1)."""
+    if "images" in model_inputs and "images_spatial_crop" in model_inputs:
+        return _v1_views(model_inputs["images"], model_inputs["images_spatial_crop"], batch)
     pixels = model_inputs.get("pixel_values")
     if pixels is None:
         return None
@@ -530,6 +706,22 @@ def views_of(model_inputs: dict[str, Any], batch: int = 1) -> VisionViews | None
     tiles = 0 if local is None else int(local.shape[0]) // batch
     tile_px = 768 if local is None else int(local.shape[-1])
     return VisionViews(global_px=int(pixels.shape[-1]), tiles=tiles, tile_px=tile_px)
+
+
+def _v1_views(images, spatial_crop, batch: int) -> VisionViews | None:
+    if images is None:
+        return None
+    if len(images) != batch or len(spatial_crop) != batch:
+        raise UnsupportedArchitecture(f"{len(images)} image pairs for a batch of {batch} pages")
+    views = set()
+    for (tiles, global_view), (width, height) in zip(images, spatial_crop):
+        if global_view.shape[-1] != global_view.shape[-2] or tiles.shape[-1] != tiles.shape[-2]:
+            raise UnsupportedArchitecture(f"non-square views {tuple(tiles.shape)}, {tuple(global_view.shape)}")
+        count = int(tiles.shape[0]) if int(width) > 1 or int(height) > 1 else 0
+        views.add(VisionViews(global_px=int(global_view.shape[-1]), tiles=count, tile_px=int(tiles.shape[-1])))
+    if len(views) != 1:
+        raise UnsupportedArchitecture(f"pages of one batch with different views: {sorted(views, key=str)}")
+    return views.pop()
 
 
 def analytic_costs_for_workload(workload, input_index: int = 0, *, new_tokens: int,
