@@ -487,6 +487,25 @@ def require_trust_remote_code(model: Any) -> None:
               "loads)", "read them, then add model.trust_remote_code=true")
 
 
+def _validate_model(cfg: DictConfig, model: DictConfig) -> None:
+    family = model.get("family")
+    if family not in FAMILIES:
+        _fail("model.family", family, "is unknown", f"choose model={' | model='.join(FAMILIES)} (conf/model/)")
+    for key in ("prompt_tokens", "prompt_text_tokens"):
+        if key in model:
+            _at_least(cfg, f"model.{key}", 1 if key == "prompt_tokens" else 0, "prompt length in tokens")
+    if "cache" in model:
+        _validate_decoding(model)
+    if family == "deepseek_ocr":
+        require_trust_remote_code(model)
+    if family == "custom":
+        factory = model.get("factory")
+        if not isinstance(factory, DictConfig) or not factory.get("_target_"):
+            _fail("model.factory", factory, "has no _target_",
+                  "set model.factory._target_=my_module.build (a callable taking device and dtype, returning "
+                  "an nn.Module or a dict); its own arguments go in as +model.factory.<kwarg>=...")
+
+
 def _validate_profile(cfg: DictConfig) -> None:
     if "device" in cfg:
         device = cfg.device
@@ -498,22 +517,7 @@ def _validate_profile(cfg: DictConfig) -> None:
 
     model = cfg.get("model")
     if model is not None:
-        family = model.get("family")
-        if family not in FAMILIES:
-            _fail("model.family", family, "is unknown", f"choose model={' | model='.join(FAMILIES)} (conf/model/)")
-        for key in ("prompt_tokens", "prompt_text_tokens"):
-            if key in model:
-                _at_least(cfg, f"model.{key}", 1 if key == "prompt_tokens" else 0, "prompt length in tokens")
-        if "cache" in model:
-            _validate_decoding(model)
-        if family == "deepseek_ocr":
-            require_trust_remote_code(model)
-        if family == "custom":
-            factory = model.get("factory")
-            if not isinstance(factory, DictConfig) or not factory.get("_target_"):
-                _fail("model.factory", factory, "has no _target_",
-                      "set model.factory._target_=my_module.build (a callable taking device and dtype, returning "
-                      "an nn.Module or a dict); its own arguments go in as +model.factory.<kwarg>=...")
+        _validate_model(cfg, model)
 
     dataset = cfg.get("dataset")
     if dataset is not None:
