@@ -2,6 +2,7 @@
 # Issue-13 acceptance runs on a GPU (docs/benchmarks.md, "Static KV cache and compiled decode on an H200"):
 # full DeepSeek-OCR-2 preset, global1024 synthetic pages, 256 new tokens, 5 repeats, one MLflow store.
 #   PHASE=b1       eager vs static cache vs static + reduce-overhead at batch 1, then `compare` of the three
+#   PHASE=tiled    eager vs static + reduce-overhead on one tiled page (profiled pass off), then `compare`
 #   PHASE=batches  static + reduce-overhead at batch 1 and $BATCHES (the last: the largest to try), eager at
 #                  $EAGER_BATCHES; `compare` over the reduce-overhead batch sizes (baseline batch 1) and, per
 #                  eager batch size, eager vs reduce-overhead
@@ -31,7 +32,11 @@ compare() {  # label, filter
   python -m llm_perf_opt compare tracking.uri="$U" "select.filter=\"$2\"" plots.enabled=false operators.enabled=false \
     hydra.run.dir="$OUT/compare-$1" 2>&1 | grep -v -E "INFO|Downloading|^\s*$" | tail -25
 }
-if [ "$PHASE" = b1 ]; then
+if [ "$PHASE" = tiled ]; then
+  run t1-eager model.image_mode=tiled dataset.num_pages=1 profiling.operators.enabled=false
+  run t1-ro model.image_mode=tiled dataset.num_pages=1 profiling.operators.enabled=false $RO
+  compare tiled "attributes.run_name LIKE 't1-%'"
+elif [ "$PHASE" = b1 ]; then
   run b1-eager profiling.batch_size=1 dataset.num_pages=1
   run b1-static profiling.batch_size=1 dataset.num_pages=1 model.cache=static
   run b1-ro profiling.batch_size=1 dataset.num_pages=1 $RO
