@@ -13,7 +13,9 @@ PHASE=${PHASE:-b1}
 BATCHES=${BATCHES:-4 16 32 64 128}
 EAGER_BATCHES=${EAGER_BATCHES:-32}
 U="sqlite:///$OUT/m.db"
-COMMON="device=cuda model.preset=full model.image_mode=global1024 profiling.repeats=5 profiling.new_tokens=256 \
+IMAGE_MODE=global1024
+[ "$PHASE" = tiled ] && IMAGE_MODE=tiled
+COMMON="device=cuda model.preset=full model.image_mode=$IMAGE_MODE profiling.repeats=5 profiling.new_tokens=256 \
 profiling.progress=false tracking.uri=$U tracking.system_metrics=false"
 RO="model.cache=static model.compile=reduce-overhead"
 run() {  # name, overrides...
@@ -33,8 +35,8 @@ compare() {  # label, filter
     hydra.run.dir="$OUT/compare-$1" 2>&1 | grep -v -E "INFO|Downloading|^\s*$" | tail -25
 }
 if [ "$PHASE" = tiled ]; then
-  run t1-eager model.image_mode=tiled dataset.num_pages=1 profiling.operators.enabled=false
-  run t1-ro model.image_mode=tiled dataset.num_pages=1 profiling.operators.enabled=false $RO
+  run t1-eager dataset.num_pages=1 profiling.operators.enabled=false
+  run t1-ro dataset.num_pages=1 profiling.operators.enabled=false $RO
   compare tiled "attributes.run_name LIKE 't1-%'"
 elif [ "$PHASE" = b1 ]; then
   run b1-eager profiling.batch_size=1 dataset.num_pages=1
