@@ -14,7 +14,7 @@ import mlflow
 import pytest
 import torch
 
-from conftest import FAST, compose_config
+from conftest import FAST, compose_config, requires_transformers5
 from llm_perf_opt import record
 from llm_perf_opt.config import validate
 from llm_perf_opt.data import load_pages
@@ -53,6 +53,7 @@ def _eager_tokens(workload, prepared, new_tokens: int = NEW_TOKENS) -> torch.Ten
     return torch.cat([first, *rest], dim=1)
 
 
+@requires_transformers5
 @pytest.mark.parametrize("overrides", [("model.image_mode=global768",), ("model.image_mode=tiled",),
                                        ("model=hf_causal_lm", "model.prompt_tokens=24")],
                          ids=["ocr2-global768", "ocr2-tiled", "hf_causal_lm"])
@@ -72,6 +73,7 @@ def test_static_cache_generates_the_dynamic_cache_tokens(overrides):
     assert workload.decoding._caches[1] is cache and cache.layers[0].keys.data_ptr() == keys
 
 
+@requires_transformers5
 def test_static_cache_with_batches_matches_each_page_alone():
     workload = _workload("model.image_mode=global768", "dataset.num_pages=2", "model.cache=static", batch_size=2)
     compile_decode(workload, NEW_TOKENS)
@@ -83,6 +85,7 @@ def test_static_cache_with_batches_matches_each_page_alone():
         assert torch.equal(together[row:row + 1], _eager_tokens(workload, prepared))
 
 
+@requires_transformers5
 def test_compiled_decode_step_default_generates_the_eager_tokens():
     workload = _workload("model.image_mode=global768", "model.cache=static", "model.compile=default")
     seconds = compile_decode(workload, NEW_TOKENS)
@@ -110,6 +113,7 @@ def test_bad_decoding_settings_fail_in_one_line(overrides, message):
     assert message in str(failure.value) and "\n" not in str(failure.value)
 
 
+@requires_transformers5
 def test_reduce_overhead_on_a_cpu_is_refused_before_any_run(tmp_path):
     cfg = compose_config(*FAST, "model.cache=static", "model.compile=reduce-overhead",
                          f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")
@@ -118,6 +122,7 @@ def test_reduce_overhead_on_a_cpu_is_refused_before_any_run(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@requires_transformers5
 def test_a_graph_break_fails_with_one_line_not_an_eager_fallback(tmp_path):
     workload = _workload("model=hf_causal_lm", "model.cache=static", "model.compile=default")
     layer = workload.model.model.layers[0]
@@ -130,6 +135,7 @@ def test_a_graph_break_fails_with_one_line_not_an_eager_fallback(tmp_path):
     assert "run with model.compile=none" in text and "\n" not in text
 
 
+@requires_transformers5
 def test_static_cache_run_records_its_settings(tmp_path):
     """A whole run over a static cache: settings in workload.json, params and the record; FLOPs as eager."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
