@@ -36,7 +36,6 @@ from llm_perf_opt.config import compose  # noqa: E402
 from llm_perf_opt.data.synthetic import generate_pages  # noqa: E402
 from llm_perf_opt.models import build_workload  # noqa: E402
 from llm_perf_opt.models.decoding import Decoding, compile_decode  # noqa: E402
-from llm_perf_opt.models.generation import decode_n_tokens  # noqa: E402
 from llm_perf_opt.passes.analytic import analytic_costs_for_workload  # noqa: E402
 from llm_perf_opt.passes.clock import StageClock  # noqa: E402
 from llm_perf_opt.passes.timed import SubStageRecorder, time_one_sample  # noqa: E402
@@ -49,9 +48,7 @@ def tool_ms(workload, prepared, new_tokens: int) -> float:
     sync = StageClock(workload.device).synchronize
     sync()
     start = time.perf_counter()
-    token, cache = workload.prefill(prepared)
-    with workload.decode_phase():
-        decode_n_tokens(workload.model, workload.convention, token, cache, new_tokens - 1, step=workload.decode_step)
+    workload.greedy_tokens(prepared, new_tokens)
     sync()
     return (time.perf_counter() - start) * 1e3
 

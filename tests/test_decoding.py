@@ -37,11 +37,7 @@ def _workload(*overrides: str, batch_size: int = 1):
 def _tokens(workload, prepared, new_tokens: int = NEW_TOKENS) -> torch.Tensor:
     """prefill + decode steps as the timed pass runs them (workload.prefill / decode_step)."""
     with torch.inference_mode():
-        first, cache = workload.prefill(prepared)
-        with workload.decode_phase():
-            rest = decode_n_tokens(workload.model, workload.convention, first, cache, new_tokens - 1,
-                                   step=workload.decode_step)
-    return torch.cat([first, *rest], dim=1)
+        return workload.greedy_tokens(prepared, new_tokens)
 
 
 def _eager_tokens(workload, prepared, new_tokens: int = NEW_TOKENS) -> torch.Tensor:

@@ -70,14 +70,8 @@ def test_full_run_on_cuda_records_memory_energy_and_efficiency_metrics(tmp_path)
 
 
 def _greedy_tokens(workload, prepared, new_tokens: int) -> torch.Tensor:
-    from llm_perf_opt.models.generation import decode_n_tokens
-
     with torch.inference_mode():
-        first, cache = workload.prefill(prepared)
-        with workload.decode_phase():
-            rest = decode_n_tokens(workload.model, workload.convention, first, cache, new_tokens - 1,
-                                   step=workload.decode_step)
-    return torch.cat([first, *rest], dim=1)
+        return workload.greedy_tokens(prepared, new_tokens)
 
 
 def test_reduce_overhead_decode_generates_the_eager_tokens_on_cuda():

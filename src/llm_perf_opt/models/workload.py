@@ -12,7 +12,7 @@ from torch import nn
 
 from llm_perf_opt.errors import InputError
 from llm_perf_opt.models.decoding import Decoding
-from llm_perf_opt.models.generation import CallConvention, decode_phase
+from llm_perf_opt.models.generation import CallConvention, decode_n_tokens, decode_phase
 from llm_perf_opt.schema import StageTree, stage_key
 
 
@@ -87,6 +87,14 @@ class Workload:
     def decode_step(self, token: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
         """One decode step as configured (eager, or the compiled step over a static cache)."""
         return self.decoding.step(token, cache)
+
+    def greedy_tokens(self, prepared: PreparedInput, new_tokens: int) -> torch.Tensor:
+        """The (batch, new_tokens) greedy tokens of prefill + decode steps as the passes run them, without
+        marks (tests, benchmarks); call under torch.inference_mode() as the passes do."""
+        first, cache = self.prefill(prepared)
+        with self.decode_phase():
+            rest = decode_n_tokens(self.model, self.convention, first, cache, new_tokens - 1, step=self.decode_step)
+        return torch.cat([first, *rest], dim=1)
 
 
 def stage_map_paths(stage_map: Mapping[str, Any] | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:

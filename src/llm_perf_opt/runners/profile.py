@@ -97,7 +97,8 @@ def run_profile(cfg: DictConfig, run_dir: Path, sweep: SweepJob | None = None, g
     workload = build_workload(cfg.model, pages, device, int(cfg.seed), int(cfg.profiling.batch_size))
     # Static caches sized, decode step compiled and captured: before any run exists, outside every timed sample.
     compile_decode(workload, _decoded_tokens(cfg.profiling))
-    workload.info.update(workload.decoding.describe() if "cache" in workload.info else {})
+    if "cache" in workload.info:  # the transformers families record their decoding (models/__init__.py)
+        workload.info.update(workload.decoding.describe())
     dataset = describe_pages(cfg.dataset, pages)
     out = RunDirectory(run_dir, new_run=True)
     with interrupts() as signals:
